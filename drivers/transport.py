@@ -123,8 +123,10 @@ class SerialTransport:
                     break
                 self.trace.record(self.clock.wall(), self.name, "rx", chunk)
                 self._buffer.extend(chunk)
-                if len(self._buffer) > 4 * self.max_frame:
-                    # Nobody is asking and the device keeps talking: keep only the tail.
+                cap = max(65_536, 16 * self.max_frame)
+                if len(self._buffer) > cap:
+                    # A babbling device must not eat memory: keep only the tail (a waiting
+                    # request has long since failed with an oversized-reply error).
                     del self._buffer[: len(self._buffer) - self.max_frame]
                 self._data.set()
         except asyncio.CancelledError:

@@ -1,0 +1,197 @@
+"""Serving a rig out of process: simulators on ptys (and TCP), cameras over HTTP, a control port.
+
+:class:`HilServer` is what ``kiboauto hil serve`` runs. It starts every simulator of a rig on its
+own pty (the path a client opens as a serial port), optionally on ``socket://127.0.0.1:PORT``,
+serves simulated cameras as PNG snapshots over HTTP on 127.0.0.1, and listens on a local control
+port for run-time fault injection (JSON lines, see :meth:`HilServer.handle_control`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from kiboauto.clock import Clock
+
+from .base import Fault, Simulator
+from .ptyport import PtyPort, TcpPort
+from .rig import CAMERA_PROTOCOL, RigFile, build_simulator
+
+__all__ = ["HilServer"]
+
+
+class HilServer:
+    """Runs the simulators of one rig where out-of-process clients can reach them."""
+
+    def __init__(self, rig: RigFile, clock: Clock, *, host: str = "127.0.0.1") -> None:
+        self.rig = rig
+        self.clock = clock
+        self.host = host
+        self.simulators: dict[str, Simulator] = {}
+        self.cameras: dict[str, Any] = {}
+        self.ptys: dict[str, PtyPort] = {}
+        self.tcps: dict[str, TcpPort] = {}
+        self._http: asyncio.Server | None = None
+        self._control: asyncio.Server | None = None
+        self.http_port = 0
+        self.control_port = 0
+        self._client_tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        try:
+            for name, device in self.rig.devices.items():
+                sim = build_simulator(name, device, self.clock)
+                if device.protocol == CAMERA_PROTOCOL:
+                    await sim.connect()
+                    self.cameras[name] = sim
+                    continue
+                self.simulators[name] = sim
+                pty = PtyPort(sim)
+                pty.start()
+                self.ptys[name] = pty
+                if device.tcp:
+                    tcp = TcpPort(sim, self.host, device.tcp_port)
+                    await tcp.start()
+                    self.tcps[name] = tcp
+            if self.cameras:
+                self._http = await asyncio.start_server(self._http_client, self.host, 0)
+                self.http_port = self._http.sockets[0].getsockname()[1]
+            self._control = await asyncio.start_server(self._control_client, self.host, 0)
+            self.control_port = self._control.sockets[0].getsockname()[1]
+        except BaseException:
+            await self.close()
+            raise
+
+    def ports(self) -> dict[str, Any]:
+        """The first line ``hil serve`` prints: device name -> where and how to reach it."""
+        out: dict[str, Any] = {}
+        for name, sim in self.simulators.items():
+            entry: dict[str, Any] = {
+                "port": self.ptys[name].path,
+                "protocol": sim.protocol,
+                "kind": sim.kind,
+            }
+            entry.update(sim.describe())
+            if name in self.tcps:
+                entry["tcp"] = self.tcps[name].url
+            out[name] = entry
+        for name in self.cameras:
+            out[name] = {
+                "port": f"http://{self.host}:{self.http_port}/{name}.png",
+                "protocol": CAMERA_PROTOCOL,
+                "kind": "camera",
+            }
+        out["_control"] = {"port": f"{self.host}:{self.control_port}", "protocol": "hil-control"}
+        return out
+
+    # -- cameras over HTTP -------------------------------------------------------------------------
+    async def _http_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+            line = request.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = line.split()
+            path = parts[1] if len(parts) >= 2 else "/"
+            name = path.strip("/").split("?")[0].removesuffix(".png")
+            camera = self.cameras.get(name)
+            if len(parts) < 2 or parts[0] != "GET" or camera is None:
+                body = f"no camera at {path}; cameras: {sorted(self.cameras)}\n".encode()
+                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            else:
+                import cv2
+
+                frame = await camera.capture()
+                ok, encoded = cv2.imencode(".png", frame)
+                if not ok:
+                    raise RuntimeError("PNG encoding failed")
+                body = encoded.tobytes()
+                head = "HTTP/1.0 200 OK\r\nContent-Type: image/png\r\n"
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception as e:  # a camera fault is the client's problem, not the server's
+            body = f"camera error: {e}\n".encode()
+            with contextlib.suppress(Exception):
+                writer.write(
+                    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # -- run-time fault injection ------------------------------------------------------------------
+    def handle_control(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One control request. Forms::
+
+            {"device": "pump1", "fault": {"kind": "drop", "count": 2}}
+            {"device": "pump1", "clear": true}
+            {"status": true}
+        """
+        if message.get("status"):
+            return {
+                "ok": True,
+                "devices": {
+                    name: {
+                        "protocol": sim.protocol,
+                        "line_dead": sim.line_dead,
+                        "pending_faults": [f.kind.value for f in sim.faults.pending],
+                        "applied_faults": [k.value for k in sim.faults.applied],
+                    }
+                    for name, sim in self.simulators.items()
+                },
+            }
+        name = message.get("device")
+        sim = self.simulators.get(str(name))
+        if sim is None:
+            return {"ok": False, "error": f"no simulated device {name!r}; have {sorted(self.simulators)}"}
+        if message.get("clear"):
+            sim.faults.clear()
+            return {"ok": True}
+        fault_spec = message.get("fault")
+        if not isinstance(fault_spec, dict):
+            return {"ok": False, "error": "expected 'fault': {kind: ...} or 'clear': true"}
+        try:
+            fault = Fault.from_dict(fault_spec)
+            sim.inject(fault)
+        except Exception as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": True, "device": name, "fault": fault.kind.value}
+
+    async def _control_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    message = json.loads(line)
+                    if not isinstance(message, dict):
+                        raise ValueError("a control message is a JSON object")
+                    reply = self.handle_control(message)
+                except ValueError as e:
+                    reply = {"ok": False, "error": f"bad control message: {e}"}
+                writer.write((json.dumps(reply) + "\n").encode())
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        for server in (self._http, self._control):
+            if server is not None:
+                server.close()
+        for tcp in self.tcps.values():
+            await tcp.close()
+        for pty in self.ptys.values():
+            await pty.close()
+        for sim in self.simulators.values():
+            await sim.aclose()
+        for camera in self.cameras.values():
+            with contextlib.suppress(Exception):
+                await camera.close()

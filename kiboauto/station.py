@@ -1,0 +1,222 @@
+"""Composition root: builds a station's devices (driver + transport + line) from a station file.
+
+A station file says, for each device, which driver speaks to it and over which line::
+
+    devices:
+      pump1:
+        driver: newera            # newera | cavro | modbus-tc | opencv
+        port: /dev/ttyUSB0        # a pyserial URL (pty, ttyUSB, socket://, rfc2217://) or "sim"
+        baudrate: 19200           # default: the driver's own
+        options: {address: 0}     # driver settings
+        sim: {options: {}}        # with port "sim": the in-process simulator's settings
+      camera1:
+        driver: opencv
+        port: 0                   # device index, file, or http:// snapshot URL; "sim" for the test scene
+
+``port: sim`` wires the driver to a simulator of the same protocol in this process through a memory
+pipe (same bytes, no pty), which is what the default station does. This module and ``cli.py`` are
+the only places that choose real or simulated hardware.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kiboauto.clock import Clock
+from kiboauto.config import load_model
+from kiboauto.devices import DeviceError
+from kiboauto.drivers.streams import serial_connector
+from kiboauto.drivers.trace import ByteTrace
+from kiboauto.drivers.transport import SerialTransport
+
+__all__ = [
+    "DRIVERS",
+    "OpenStation",
+    "StationDevice",
+    "StationFile",
+    "default_station",
+    "load_station",
+    "open_station",
+    "station_from_hil_ports",
+]
+
+#: driver name -> "module:Class"
+DRIVERS: dict[str, str] = {
+    "newera": "kiboauto.drivers.newera:NewEraPump",
+    "cavro": "kiboauto.drivers.cavro:CavroPump",
+    "modbus-tc": "kiboauto.drivers.modbus_tc:ModbusThermalController",
+    "opencv": "kiboauto.drivers.camera:OpenCVCamera",
+}
+CAMERA_DRIVER = "opencv"
+SIM = "sim"
+
+
+class SimSettings(BaseModel):
+    """Settings of the in-process simulator used when ``port`` is ``sim``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    faults: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class StationDevice(BaseModel):
+    """One device of a station: the driver, the line, and settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    driver: str
+    port: str | int
+    baudrate: int | None = Field(default=None, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+    sim: SimSettings = Field(default_factory=SimSettings)
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if value not in DRIVERS:
+            raise ValueError(f"unknown driver {value!r}; known: {', '.join(DRIVERS)}")
+        return value
+
+
+class StationFile(BaseModel):
+    """A whole station: named devices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: dict[str, StationDevice] = Field(min_length=1)
+
+
+def load_station(path: str | Path) -> StationFile:
+    return load_model(StationFile, path)
+
+
+def default_station() -> StationFile:
+    """Every device of the default HIL rig, simulated in this process."""
+    from kiboauto.hil.rig import CAMERA_PROTOCOL, default_rig
+
+    devices: dict[str, StationDevice] = {}
+    for name, dev in default_rig().devices.items():
+        driver = CAMERA_DRIVER if dev.protocol == CAMERA_PROTOCOL else dev.protocol
+        devices[name] = StationDevice(
+            driver=driver,
+            port=SIM,
+            options=_driver_options_for(dev.protocol, dev.options),
+            sim=SimSettings(options=dev.options, seed=dev.seed, faults=dev.faults),
+        )
+    return StationFile(devices=devices)
+
+
+def _driver_options_for(protocol: str, sim_options: dict[str, Any]) -> dict[str, Any]:
+    """Driver settings that must match the simulator's (bus addresses)."""
+    keys = {"newera": ["address"], "cavro": ["address"], "modbus-tc": ["unit"]}.get(protocol, [])
+    return {k: sim_options[k] for k in keys if k in sim_options}
+
+
+def station_from_hil_ports(ports: dict[str, Any]) -> StationFile:
+    """A station for the devices a ``kiboauto hil serve`` process announced in its JSON line."""
+    devices: dict[str, StationDevice] = {}
+    for name, entry in ports.items():
+        protocol = entry.get("protocol")
+        if name.startswith("_") or protocol is None:
+            continue
+        if protocol == "camera":
+            devices[name] = StationDevice(driver=CAMERA_DRIVER, port=entry["port"])
+            continue
+        options = _driver_options_for(protocol, entry)
+        devices[name] = StationDevice(
+            driver=protocol, port=entry["port"], baudrate=entry.get("baudrate"), options=options
+        )
+    return StationFile(devices=devices)
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass
+class OpenStation:
+    """Devices of a station, connected (or with the reason they could not be)."""
+
+    devices: dict[str, Any] = field(default_factory=dict)
+    failures: dict[str, DeviceError] = field(default_factory=dict)
+    simulators: dict[str, Any] = field(default_factory=dict)
+    trace: ByteTrace = field(default_factory=ByteTrace)
+
+
+def build_device(name: str, spec: StationDevice, clock: Clock, trace: ByteTrace) -> tuple[Any, Any]:
+    """Construct (not connect) the driver for one station device; returns (driver, simulator)."""
+    cls = _import(DRIVERS[spec.driver])
+    simulator: Any = None
+    if spec.driver == CAMERA_DRIVER:
+        if spec.port == SIM:
+            from kiboauto.hil.camera_sim import SimCamera
+
+            return SimCamera(name, clock=clock, seed=spec.sim.seed, **spec.sim.options), None
+        return cls(name, spec.port, clock=clock, **spec.options), None
+    baudrate = spec.baudrate or getattr(cls, "default_baudrate", 9600)
+    if spec.port == SIM:
+        from kiboauto.hil.rig import RigDevice, build_simulator
+
+        simulator = build_simulator(
+            name,
+            RigDevice(
+                protocol=spec.driver,
+                options=spec.sim.options,
+                seed=spec.sim.seed,
+                faults=spec.sim.faults,
+            ),
+            clock,
+        )
+        connector = simulator.memory_connector()
+        port = f"sim://{name}"
+    else:
+        port = str(spec.port)
+        connector = serial_connector(port, baudrate=baudrate)
+    transport = SerialTransport(name, connector, port=port, clock=clock, trace=trace)
+    return cls(name, transport, clock=clock, **spec.options), simulator
+
+
+@contextlib.asynccontextmanager
+async def open_station(
+    station: StationFile, clock: Clock, *, trace: ByteTrace | None = None
+) -> AsyncIterator[OpenStation]:
+    """Connect every device; a device that fails is listed in ``failures``, not raised.
+
+    Everything opened is closed on exit, simulators included.
+    """
+    opened = OpenStation(trace=trace if trace is not None else ByteTrace())
+    try:
+        for name, spec in station.devices.items():
+            try:
+                device, sim = build_device(name, spec, clock, opened.trace)
+            except (TypeError, ValueError) as e:
+                opened.failures[name] = DeviceError(name, f"bad station settings: {e}")
+                continue
+            if sim is not None:
+                opened.simulators[name] = sim
+            try:
+                await device.connect()
+            except DeviceError as e:
+                opened.failures[name] = e
+                with contextlib.suppress(Exception):
+                    await device.close()
+                continue
+            opened.devices[name] = device
+        yield opened
+    finally:
+        for device in opened.devices.values():
+            with contextlib.suppress(Exception):
+                await device.close()
+        for sim in opened.simulators.values():
+            with contextlib.suppress(Exception):
+                await sim.aclose()
