@@ -87,7 +87,9 @@ class HilServer:
         return out
 
     # -- cameras over HTTP -------------------------------------------------------------------------
-    async def _http_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _http_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
             line = request.split(b"\r\n", 1)[0].decode("latin-1")
@@ -129,9 +131,9 @@ class HilServer:
     def handle_control(self, message: dict[str, Any]) -> dict[str, Any]:
         """One control request. Forms::
 
-            {"device": "pump1", "fault": {"kind": "drop", "count": 2}}
-            {"device": "pump1", "clear": true}
-            {"status": true}
+        {"device": "pump1", "fault": {"kind": "drop", "count": 2}}
+        {"device": "pump1", "clear": true}
+        {"status": true}
         """
         if message.get("status"):
             return {
@@ -149,7 +151,8 @@ class HilServer:
         name = message.get("device")
         sim = self.simulators.get(str(name))
         if sim is None:
-            return {"ok": False, "error": f"no simulated device {name!r}; have {sorted(self.simulators)}"}
+            known = sorted(self.simulators)
+            return {"ok": False, "error": f"no simulated device {name!r}; have {known}"}
         if message.get("clear"):
             sim.faults.clear()
             return {"ok": True}

@@ -227,7 +227,8 @@ async def _serve(rig_file: Any, clock: Clock) -> None:
 @hil_app.command("fault")
 def hil_fault(
     control: Annotated[
-        str, typer.Option("--control", "-c", help="The `_control` port from `hil serve` (HOST:PORT)")
+        str,
+        typer.Option("--control", "-c", help="The `_control` port from `hil serve` (HOST:PORT)"),
     ],
     device: Annotated[str, typer.Argument(help="Device name, as in the rig")],
     kind: Annotated[
@@ -247,7 +248,13 @@ def hil_fault(
     else:
         message = {
             "device": device,
-            "fault": {"kind": kind, "count": count, "skip": skip, "seconds": seconds, "alarm": alarm},
+            "fault": {
+                "kind": kind,
+                "count": count,
+                "skip": skip,
+                "seconds": seconds,
+                "alarm": alarm,
+            },
         }
     host, _, port = control.rpartition(":")
     try:

@@ -29,7 +29,10 @@ class _LineLoader(yaml.SafeLoader):
         self.lines: dict[tuple[str | int, ...], int] = {}
 
 
-def _walk(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> None:
+Lines = dict[tuple[str | int, ...], int]
+
+
+def _walk(node: yaml.Node, path: tuple[str | int, ...], lines: Lines) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:

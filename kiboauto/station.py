@@ -11,7 +11,7 @@ A station file says, for each device, which driver speaks to it and over which l
         sim: {options: {}}        # with port "sim": the in-process simulator's settings
       camera1:
         driver: opencv
-        port: 0                   # device index, file, or http:// snapshot URL; "sim" for the test scene
+        port: 0                   # device index, file, http:// snapshot URL, or "sim"
 
 ``port: sim`` wires the driver to a simulator of the same protocol in this process through a memory
 pipe (same bytes, no pty), which is what the default station does. This module and ``cli.py`` are

@@ -1,4 +1,4 @@
-"""Shared test fixtures. Tests talk to real ptys, real sockets and real files: no mocks of our parts."""
+"""Shared test fixtures. Tests use real ptys, sockets and files: no mocks of our own parts."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def test_virtual_clock_refuses_a_foreign_loop() -> None:
     async def main() -> None:
         await clock.sleep(1)
 
-    with pytest.raises(ClockMisuse, match="clock.run"):
+    with pytest.raises(ClockMisuse, match=r"clock\.run"):
         asyncio.run(main())
 
 
