@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiboauto import __version__
@@ -39,7 +40,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print("[bold red]error:[/]", escape(message), soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -103,7 +104,7 @@ def probe(
     rows = asyncio.run(_probe(spec, RealClock(), timeout))
     if as_json:
         for row in rows:
-            out.print_json(json.dumps(row), indent=None)
+            sys.stdout.write(json.dumps(row) + "\n")
     else:
         table = Table(title="kiboauto probe", show_lines=False)
         for col in ("device", "kind", "protocol", "port", "model", "firmware", "status"):
@@ -261,7 +262,7 @@ def hil_fault(
         reply = asyncio.run(_control(host or "127.0.0.1", int(port), message))
     except (OSError, ValueError) as e:
         raise _fail(f"cannot reach the HIL control port {control}: {e}") from e
-    out.print_json(json.dumps(reply))
+    sys.stdout.write(json.dumps(reply) + "\n")
     if not reply.get("ok"):
         raise typer.Exit(1)
 

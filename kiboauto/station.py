@@ -163,7 +163,7 @@ def build_device(name: str, spec: StationDevice, clock: Clock, trace: ByteTrace)
 
             return SimCamera(name, clock=clock, seed=spec.sim.seed, **spec.sim.options), None
         return cls(name, spec.port, clock=clock, **spec.options), None
-    baudrate = spec.baudrate or getattr(cls, "default_baudrate", 9600)
+    baudrate: int = spec.baudrate or int(getattr(cls, "default_baudrate", 9600))
     if spec.port == SIM:
         from kiboauto.hil.rig import RigDevice, build_simulator
 
