@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +29,7 @@ __all__ = [
     "ByteStream",
     "Connector",
     "MemoryPipe",
+    "ThreadedSerialStream",
     "open_serial_stream",
     "serial_connector",
 ]
@@ -149,11 +151,87 @@ class MemoryPipe:
         self.device.peer = self.host
 
 
+class ThreadedSerialStream:
+    """A :class:`ByteStream` over a blocking pyserial port, for URLs pyserial-asyncio-fast cannot
+    drive (``rfc2217://``: it needs ``write_timeout`` support, which the RFC 2217 client lacks).
+
+    One dedicated reader thread per port hands bytes to the event loop; writes run in the loop's
+    default executor. The thread ends when the stream is closed.
+    """
+
+    def __init__(self, port: Any) -> None:
+        self._port = port
+        self._buffer = bytearray()
+        self._data = asyncio.Event()
+        self._eof = False
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._read_forever, name=f"serial:{port.port}")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _read_forever(self) -> None:
+        while not self._closed:
+            try:
+                chunk = self._port.read(max(1, self._port.in_waiting))
+            except Exception:
+                break
+            if chunk:
+                self._loop.call_soon_threadsafe(self._feed, chunk)
+        self._loop.call_soon_threadsafe(self._feed_eof)
+
+    def _feed(self, chunk: bytes) -> None:
+        self._buffer.extend(chunk)
+        self._data.set()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._data.set()
+
+    async def read(self, max_bytes: int = 4096) -> bytes:
+        while not self._buffer:
+            if self._eof or self._closed:
+                return b""
+            self._data.clear()
+            await self._data.wait()
+        chunk = bytes(self._buffer[:max_bytes])
+        del self._buffer[:max_bytes]
+        return chunk
+
+    async def write(self, data: bytes) -> None:
+        if self._closed or self._eof:
+            raise ConnectionResetError("serial port is closed")
+        try:
+            await self._loop.run_in_executor(None, self._port.write, data)
+        except Exception as e:
+            raise ConnectionResetError(f"write failed: {e}") from e
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._loop.run_in_executor(None, self._port.close)
+        await self._loop.run_in_executor(None, self._thread.join, 2.0)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._eof
+
+
 async def open_serial_stream(
     url: str, *, baudrate: int = 9600, exclusive: bool = True, **serial_options: Any
-) -> AsyncioByteStream:
+) -> ByteStream:
     """Open a serial port by pyserial URL (device path, ``socket://``, ``rfc2217://``)."""
+    import serial
     import serial_asyncio_fast
+
+    if url.startswith("rfc2217://"):
+        loop = asyncio.get_running_loop()
+        port = await loop.run_in_executor(
+            None,
+            lambda: serial.serial_for_url(url, baudrate=baudrate, timeout=0.05, **serial_options),
+        )
+        return ThreadedSerialStream(port)
 
     options: dict[str, Any] = dict(serial_options)
     if "://" not in url:

@@ -153,3 +153,116 @@ class TcpPort:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+
+class _LineSettings:
+    """What an RFC 2217 client may set or read on the far serial port.
+
+    A simulated device has no UART: settings are remembered and reported back, and the modem lines
+    read as asserted (CTS, DSR, CD high; RI low), which is what a device that is on looks like.
+    """
+
+    def __init__(self, baudrate: int) -> None:
+        self.baudrate = baudrate
+        self.bytesize = 8
+        self.parity = "N"
+        self.stopbits = 1
+        self.rtscts = False
+        self.xonxoff = False
+        self.break_condition = False
+        self.dtr = True
+        self.rts = True
+        self.cts = True
+        self.dsr = True
+        self.ri = False
+        self.cd = True
+
+    def reset_input_buffer(self) -> None:
+        """Nothing is buffered on a simulated line."""
+
+    def reset_output_buffer(self) -> None:
+        """Nothing is buffered on a simulated line."""
+
+
+class _NegotiationReplies:
+    """Where pyserial's port manager writes its Telnet answers (a synchronous ``write``)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    def write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+
+class _Rfc2217Stream:
+    """A client connection speaking RFC 2217 (Telnet COM port control), seen as plain bytes.
+
+    pyserial's :class:`serial.rfc2217.PortManager` strips and answers the Telnet negotiation in
+    what the client sends and escapes what the device sends; the simulator sees only data bytes.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, baudrate: int
+    ) -> None:
+        from serial.rfc2217 import PortManager
+
+        self._reader = reader
+        self._writer = writer
+        self._closed = False
+        # The manager only reads/sets the attributes _LineSettings has and calls write() on the
+        # connection; the stubs type both as pyserial Serial objects.
+        self._manager = PortManager(
+            _LineSettings(baudrate),  # type: ignore[arg-type]
+            _NegotiationReplies(writer),  # type: ignore[arg-type]
+        )
+
+    async def read(self, max_bytes: int = 4096) -> bytes:
+        while not self._closed:
+            try:
+                raw = await self._reader.read(max_bytes)
+            except (ConnectionError, OSError):
+                return b""
+            if not raw:
+                return b""
+            data = b"".join(self._manager.filter(raw))
+            await self._writer.drain()
+            if data:
+                return data
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            raise ConnectionResetError("RFC 2217 client gone")
+        self._writer.write(b"".join(self._manager.escape(data)))
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._writer.is_closing()
+
+
+class Rfc2217Port(TcpPort):
+    """A TCP listener speaking RFC 2217 (``rfc2217://127.0.0.1:PORT``), served by a simulator."""
+
+    @property
+    def url(self) -> str:
+        return f"rfc2217://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        baudrate = int(self.simulator.describe().get("baudrate", 9600))
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if self.simulator.line_dead:
+                writer.close()
+                return
+            stream = _Rfc2217Stream(reader, writer, baudrate)
+            await self.simulator.serve(stream)
+
+        self._server = await asyncio.start_server(on_client, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]

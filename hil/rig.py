@@ -8,6 +8,8 @@ A rig file is YAML::
         options: {address: 0}     # the simulator's settings (see docs/rig-and-station.md)
         tcp: true                 # also serve on socket://127.0.0.1:PORT
         tcp_port: 0               # 0: any free port
+        rfc2217: true             # also serve on rfc2217://127.0.0.1:PORT (Telnet COM port control)
+        rfc2217_port: 0
         faults:                   # injected from the start
           - {kind: drop, count: 1, skip: 3}
 
@@ -58,6 +60,8 @@ class RigDevice(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     tcp: bool = False
     tcp_port: int = Field(default=0, ge=0, le=65535)
+    rfc2217: bool = False
+    rfc2217_port: int = Field(default=0, ge=0, le=65535)
     seed: int = 0
     faults: list[dict[str, Any]] = Field(default_factory=list)
 

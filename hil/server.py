@@ -16,7 +16,7 @@ from typing import Any
 from kiboauto.clock import Clock
 
 from .base import Fault, Simulator
-from .ptyport import PtyPort, TcpPort
+from .ptyport import PtyPort, Rfc2217Port, TcpPort
 from .rig import CAMERA_PROTOCOL, RigFile, build_simulator
 
 __all__ = ["HilServer"]
@@ -33,6 +33,7 @@ class HilServer:
         self.cameras: dict[str, Any] = {}
         self.ptys: dict[str, PtyPort] = {}
         self.tcps: dict[str, TcpPort] = {}
+        self.rfc2217s: dict[str, Rfc2217Port] = {}
         self._http: asyncio.Server | None = None
         self._control: asyncio.Server | None = None
         self.http_port = 0
@@ -55,6 +56,10 @@ class HilServer:
                     tcp = TcpPort(sim, self.host, device.tcp_port)
                     await tcp.start()
                     self.tcps[name] = tcp
+                if device.rfc2217:
+                    rfc = Rfc2217Port(sim, self.host, device.rfc2217_port)
+                    await rfc.start()
+                    self.rfc2217s[name] = rfc
             if self.cameras:
                 self._http = await asyncio.start_server(self._http_client, self.host, 0)
                 self.http_port = self._http.sockets[0].getsockname()[1]
@@ -76,6 +81,8 @@ class HilServer:
             entry.update(sim.describe())
             if name in self.tcps:
                 entry["tcp"] = self.tcps[name].url
+            if name in self.rfc2217s:
+                entry["rfc2217"] = self.rfc2217s[name].url
             out[name] = entry
         for name in self.cameras:
             out[name] = {
@@ -189,7 +196,7 @@ class HilServer:
         for server in (self._http, self._control):
             if server is not None:
                 server.close()
-        for tcp in self.tcps.values():
+        for tcp in [*self.tcps.values(), *self.rfc2217s.values()]:
             await tcp.close()
         for pty in self.ptys.values():
             await pty.close()

@@ -176,6 +176,10 @@ def hil_serve(
     tcp: Annotated[
         bool, typer.Option("--tcp", help="Also serve every serial device on socket://127.0.0.1")
     ] = False,
+    rfc2217: Annotated[
+        bool,
+        typer.Option("--rfc2217", help="Also serve every serial device on rfc2217://127.0.0.1"),
+    ] = False,
 ) -> None:
     """Start the rig's simulators on pseudo-terminals and run until SIGINT or SIGTERM.
 
@@ -193,9 +197,9 @@ def hil_serve(
         rig_file = load_rig(rig)
     except ConfigError as e:
         raise _fail(str(e)) from e
-    if tcp:
-        for device in rig_file.devices.values():
-            device.tcp = True
+    for device in rig_file.devices.values():
+        device.tcp = device.tcp or tcp
+        device.rfc2217 = device.rfc2217 or rfc2217
     clock: Clock = RealClock() if speed == 1.0 else ScaledClock(speed)
     try:
         asyncio.run(_serve(rig_file, clock))

@@ -34,6 +34,17 @@ def _start_serve(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     return proc, json.loads(line)
 
 
+async def talk_to(ports: dict[str, Any]) -> dict[str, str]:
+    """Identify every device announced in a `hil serve` line, through the real drivers."""
+    found = {}
+    async with open_station(station_from_hil_ports(ports), RealClock()) as station:
+        assert not station.failures, station.failures
+        for name, device in station.devices.items():
+            info = await device.identify()
+            found[name] = info.model
+    return found
+
+
 def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, str]:
     proc.send_signal(sig)
     try:
@@ -47,7 +58,7 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, s
 @pytest.mark.req("KA-HIL-005")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_hil_serve_announces_ports_serves_drivers_and_stops_cleanly(sig: int) -> None:
-    proc, ports = _start_serve("--tcp")
+    proc, ports = _start_serve("--tcp", "--rfc2217")
     try:
         assert ports["pump1"]["protocol"] == "newera"
         assert ports["valve1"]["protocol"] == "cavro"
@@ -57,18 +68,20 @@ def test_hil_serve_announces_ports_serves_drivers_and_stops_cleanly(sig: int) ->
             assert ports[name]["port"].startswith("/dev/pts/")
             assert os.path.exists(ports[name]["port"])
             assert ports[name]["tcp"].startswith("socket://127.0.0.1:")
+            assert ports[name]["rfc2217"].startswith("rfc2217://127.0.0.1:")
 
         async def talk() -> dict[str, str]:
-            found = {}
-            async with open_station(station_from_hil_ports(ports), RealClock()) as station:
-                assert not station.failures, station.failures
-                for name, device in station.devices.items():
-                    info = await device.identify()
-                    found[name] = info.model
-            return found
+            return await talk_to(ports)
 
         models = asyncio.run(talk())
         assert set(models) == {"pump1", "valve1", "incubator", "camera1"}
+        # The same devices over socket:// and rfc2217:// (a TCP serial server and Telnet COM port
+        # control), through the same drivers.
+        for key in ("tcp", "rfc2217"):
+            over_net = {
+                name: {**entry, "port": entry[key]} for name, entry in ports.items() if key in entry
+            }
+            assert set(asyncio.run(talk_to(over_net))) == {"pump1", "valve1", "incubator"}
     finally:
         code, stderr = _stop(proc, sig)
     assert code == 0, stderr
