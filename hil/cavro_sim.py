@@ -1,0 +1,650 @@
+"""A Cavro XCalibur / XP3000 syringe pump with valve, speaking DT and OEM framing byte for byte.
+
+Behaviour model (see docs/protocols/cavro.md):
+
+* plunger position in increments (3000 per stroke in ``N0``, 24000 in ``N1``), moving with a
+  trapezoidal speed profile: start speed ``v``, ramp at ``L * 2500`` pulses/s² up to top speed
+  ``V``, ramp down to cutoff speed ``c``; a stroke is 6000 pulses;
+* valve: a 3-/4-port valve (``ports`` 3 or 4: I/O/B/E) or a distribution valve (``I<n>``/``O<n>``),
+  each move taking a time that grows with the angle turned;
+* "not initialised" until ``Z``/``Y``/``W``; errors as the manual describes them: an unknown
+  command is refused at once (error 2), an operand out of range stops the string there and is
+  reported by the next answers (error 3), a move while moving is ignored (error 15), a plunger
+  move with the valve in bypass is refused (error 11), a blocked line overloads the plunger
+  (error 9, initialise again);
+* time comes from the injected clock, lazily: nothing runs between two looks at the line.
+
+The pump accepts both framings on the same line and answers in the framing of the command.
+Commands to a group address (two, four or all pumps) are carried out without an answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from kiboauto.clock import Clock
+from kiboauto.drivers.cavro import (
+    ALL_PUMPS_ADDRESS,
+    CR,
+    DT_START,
+    ETX,
+    LF,
+    MASTER_ADDRESS,
+    PULSES_PER_STROKE,
+    SPEED_CODES,
+    STATUS_BASE,
+    STATUS_READY,
+    STEPS_PER_STROKE,
+    STX,
+)
+
+from .base import Simulator
+
+__all__ = ["CavroSim", "MoveProfile"]
+
+FINE_PER_STROKE = 24000  # internal position unit: 1/24000 of a stroke
+PULSES_PER_FINE = PULSES_PER_STROKE / FINE_PER_STROKE
+SLOPE_UNIT = 2500.0  # pulses/s² per slope code
+MAX_LINE = 300  # bytes without a frame end before the pump drops its input buffer
+
+VALVE_HOME_TIME = 0.5  # s: valve drive homing during Z/Y/W
+STALL_TIME = 0.1  # s of motion before a plunger pushing against a blocked line stalls
+
+_TOKEN = re.compile(r"([A-Za-z])(-?\d+(?:,-?\d+)*)?")
+_SETTINGS = {"V", "v", "c", "S", "L", "N", "K", "k"}
+_PLUNGER = {"A", "a", "P", "p", "D", "d"}
+_VALVE = {"I", "O", "B", "E"}
+_INIT = {"Z", "Y", "W"}
+_ACTIONS = _SETTINGS | _PLUNGER | _VALVE | _INIT | {"M", "z"}
+_REPORT_START = set("Q?&#F")
+
+
+class MoveProfile:
+    """Speed profile of one plunger move of ``pulses`` pulses (trapezoid or triangle).
+
+    The plunger starts at ``start`` pulses/s (at most ``top``), speeds up at ``accel`` pulses/s²
+    to ``top``, runs, and slows down at the same rate to ``cutoff`` (at most ``top``) where it
+    stops. A move too short to reach ``top`` peaks where the two ramps meet.
+    """
+
+    def __init__(
+        self, pulses: float, start: float, top: float, cutoff: float, accel: float
+    ) -> None:
+        self.pulses = float(pulses)
+        self.v0 = float(min(start, top))
+        self.v2 = float(min(cutoff, top))
+        self.accel = a = float(accel)
+        p, v0, v2 = self.pulses, self.v0, self.v2
+        self.linear = False
+        self.peak = float(top)
+        self.d_up = (top**2 - v0**2) / (2 * a)
+        d_down = (top**2 - v2**2) / (2 * a)
+        if p <= 0:
+            self.peak = self.t_up = self.t_flat = self.t_down = self.d_up = 0.0
+        elif self.d_up + d_down <= p:
+            self.t_up, self.t_down = (top - v0) / a, (top - v2) / a
+            self.t_flat = (p - self.d_up - d_down) / top
+        else:
+            peak = math.sqrt((2 * a * p + v0**2 + v2**2) / 2)
+            if peak < max(v0, v2):  # too short to ramp: one straight change of speed
+                self.linear = True
+                self.peak = self.t_up = self.t_flat = self.d_up = 0.0
+                self.t_down = 2 * p / (v0 + v2)
+            else:
+                self.peak = peak
+                self.d_up = (peak**2 - v0**2) / (2 * a)
+                self.t_up, self.t_flat, self.t_down = (peak - v0) / a, 0.0, (peak - v2) / a
+
+    @property
+    def duration(self) -> float:
+        return self.t_up + self.t_flat + self.t_down
+
+    def distance(self, t: float) -> float:
+        """Pulses travelled ``t`` seconds after the start."""
+        if t <= 0 or self.pulses <= 0:
+            return 0.0
+        if t >= self.duration:
+            return self.pulses
+        v0, a = self.v0, self.accel
+        if self.linear:
+            return v0 * t + (self.v2 - v0) / (2 * self.t_down) * t * t
+        if t < self.t_up:
+            return v0 * t + a * t * t / 2
+        if t < self.t_up + self.t_flat:
+            return self.d_up + self.peak * (t - self.t_up)
+        tau = t - self.t_up - self.t_flat
+        return self.d_up + self.peak * self.t_flat + self.peak * tau - a * tau * tau / 2
+
+
+@dataclass
+class _Segment:
+    t0: float
+    t1: float
+    kind: str  # "plunger", "valve", "wait", "error"
+    pos0: float = 0.0
+    pos1: float = 0.0
+    profile: MoveProfile | None = None
+    valve: int = 0
+    error: int = 0
+    fatal: int = 0
+    init: bool = False
+    quiet: bool = False  # lowercase a/p/d: reported "not busy" while moving
+
+
+@dataclass
+class _Settings:
+    top: int = 1400
+    start: int = 900
+    cutoff: int = 900
+    slope: int = 14
+    resolution: int = 0
+    backlash: int = 12
+    zero_gap: int = 0
+
+    def copy(self) -> _Settings:
+        return _Settings(**self.__dict__)
+
+
+@dataclass
+class _Counters:
+    inits: int = 0
+    plunger_moves: int = 0
+    valve_moves: int = 0
+    valve_moves_since_report: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _Refuse(Exception):
+    """A command string refused at once with this error code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class CavroSim(Simulator):
+    """Behaviour model of a Cavro XCalibur / XP3000 pump (``protocol = "cavro"``)."""
+
+    protocol: ClassVar[str] = "cavro"
+    kind: ClassVar[str] = "pump"
+
+    def __init__(
+        self,
+        name: str,
+        clock: Clock | None = None,
+        *,
+        seed: int = 0,
+        address: int = 1,
+        model: str = "XCalibur",
+        firmware: str | None = None,
+        syringe_volume_ul: float = 250.0,
+        ports: int = 9,
+        resolution: int = 0,
+        baudrate: int = 9600,
+        blocked: bool = False,
+        **options: Any,
+    ) -> None:
+        if options:
+            raise TypeError(f"unknown CavroSim option(s): {sorted(options)}")
+        super().__init__(name, clock, seed=seed)
+        if not 1 <= address <= 15:
+            raise ValueError(f"address must be 1..15, got {address}")
+        if not 2 <= ports <= 24:
+            raise ValueError(f"ports must be 2..24, got {ports}")
+        if resolution not in STEPS_PER_STROKE:
+            raise ValueError(f"resolution must be 0 or 1, got {resolution}")
+        self.address = address
+        self.model = model
+        self.firmware = firmware or f"{model} SIM 1.0"
+        self.syringe_volume_ul = float(syringe_volume_ul)
+        self.ports = ports
+        self.baudrate = baudrate
+        self.blocked = blocked
+        self.settings = _Settings(resolution=resolution)
+        self.counters = _Counters()
+        self.initialized = False
+        self.fatal = 0  # 1, 9 or 10: initialise again before moving
+        self.error = 0  # pending error, shown in status bytes until read by Q
+        self.position = 0.0  # fine units (1/24000 stroke) at the end of the last finished step
+        self.valve = 1
+        self.segments: list[_Segment] = []
+        self.loaded: list[tuple[str, int | None]] | None = None
+        self.last_program: list[tuple[str, int | None]] = []
+        self._rx = bytearray()
+        self._last_sequence: int | None = None
+        self._addr = 0x30 + address
+        s = address - 1
+        self._group_addrs = {0x41 + (s & ~1), 0x51 + (s & ~3), ALL_PUMPS_ADDRESS}
+
+    # -- description --------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "address_char": chr(self._addr),
+            "baudrate": self.baudrate,
+            "framing": "DT and OEM (answers in the framing of the command)",
+            "model": self.model,
+            "syringe_volume_ul": self.syringe_volume_ul,
+            "ports": self.ports,
+            "resolution": self.settings.resolution,
+        }
+
+    def reset_line(self) -> None:
+        self._rx.clear()
+
+    # -- time ---------------------------------------------------------------------------------
+    def _settle(self) -> float:
+        now = self.clock.now()
+        while self.segments and self.segments[0].t1 <= now:
+            self._finish(self.segments.pop(0))
+        return now
+
+    def _finish(self, seg: _Segment) -> None:
+        if seg.kind == "plunger":
+            self.position = seg.pos1
+            self.counters.plunger_moves += 1
+        elif seg.kind == "valve":
+            if seg.valve != self.valve:
+                self.counters.valve_moves += 1
+                self.counters.valve_moves_since_report += 1
+            self.valve = seg.valve
+        if seg.init:
+            self.initialized = True
+            self.fatal = 0
+            self.counters.inits += 1
+        if seg.error:
+            self.error = seg.error
+        if seg.fatal:
+            self.fatal = seg.fatal
+
+    def _live_position(self) -> float:
+        now = self._settle()
+        if self.segments and self.segments[0].kind == "plunger":
+            seg = self.segments[0]
+            assert seg.profile is not None
+            travelled = seg.profile.distance(now - seg.t0) / PULSES_PER_FINE
+            step = travelled if seg.pos1 >= seg.pos0 else -travelled
+            return seg.pos0 + step
+        return self.position
+
+    @property
+    def busy(self) -> bool:
+        self._settle()
+        return bool(self.segments) and not self.segments[0].quiet
+
+    @property
+    def moving(self) -> bool:
+        self._settle()
+        return bool(self.segments)
+
+    def steps(self) -> int:
+        """Plunger position in increments of the current resolution."""
+        scale = FINE_PER_STROKE // STEPS_PER_STROKE[self.settings.resolution]
+        return math.floor(self._live_position() / scale + 1e-9)
+
+    def _stop_now(self) -> None:
+        """Stop whatever runs (T, overloads): the plunger stays where it is."""
+        pos = self._live_position()
+        if self.segments:
+            self.position = pos
+            self.segments.clear()
+
+    # -- alarms -------------------------------------------------------------------------------
+    def raise_alarm(self, alarm: str) -> None:
+        """``"9"``/``plunger_overload``, ``"10"``/``valve_overload``, ``"1"``, or any code 1..15."""
+        names = {"plunger_overload": 9, "overload": 9, "valve_overload": 10, "init": 1}
+        key = alarm.strip().lower()
+        if key in names:
+            code = names[key]
+        elif key.isdigit() and 1 <= int(key) <= 15:
+            code = int(key)
+        else:
+            raise ValueError(f"unknown Cavro alarm {alarm!r}: use an error code 1..15")
+        self._stop_now()
+        self.error = code
+        if code in (1, 9, 10):
+            self.fatal = code
+        if code == 1:
+            self.initialized = False
+
+    # -- bytes --------------------------------------------------------------------------------
+    def handle_bytes(self, data: bytes) -> list[bytes]:
+        self._rx.extend(data)
+        replies: list[bytes] = []
+        while True:
+            frame = self._next_frame()
+            if frame is None:
+                return replies
+            oem, addr, seq, body = frame
+            if addr != self._addr and addr not in self._group_addrs:
+                continue
+            if oem and seq & 0x08 and seq & 0x07 == self._last_sequence:
+                answer = self._repeated(body)
+            else:
+                if oem:
+                    self._last_sequence = seq & 0x07
+                answer = self._command(body)
+            if addr == self._addr:
+                replies.append(self._encode(oem, *answer))
+
+    def _next_frame(self) -> tuple[bool, int, int, bytes] | None:
+        rx = self._rx
+        while True:
+            start = next((i for i, b in enumerate(rx) if b in (DT_START, STX)), None)
+            if start is None:
+                rx.clear()
+                return None
+            del rx[:start]
+            if rx[0] == DT_START:
+                end = rx.find(bytes([CR]))
+                if end < 0:
+                    if len(rx) > MAX_LINE:
+                        rx.clear()
+                    return None
+                frame = bytes(rx[1:end])
+                del rx[: end + 1]
+                if not frame:
+                    continue
+                return False, frame[0], 0, frame[1:]
+            # OEM: STX addr seq data ETX checksum
+            end = rx.find(bytes([ETX]), 3)
+            if end < 0 or end + 1 >= len(rx):
+                if len(rx) > MAX_LINE:
+                    del rx[:1]
+                    continue
+                return None
+            block = bytes(rx[: end + 1])
+            checksum = rx[end + 1]
+            value = 0
+            for b in block:
+                value ^= b
+            if value != checksum or (block[2] & 0xF0) != 0x30 or not 1 <= block[2] & 0x07 <= 7:
+                del rx[:1]  # not a valid block: look for the next STX
+                continue
+            del rx[: end + 2]
+            return True, block[1], block[2], block[3:-1]
+
+    def _encode(self, oem: bool, status: int, data: str) -> bytes:
+        payload = data.encode("ascii", "replace")
+        if oem:
+            block = bytes([STX, MASTER_ADDRESS, status]) + payload + bytes([ETX])
+            value = 0
+            for b in block:
+                value ^= b
+            return block + bytes([value])
+        return bytes([DT_START, MASTER_ADDRESS, status]) + payload + bytes([ETX, CR, LF])
+
+    def _status(self, error: int | None = None) -> int:
+        ready = 0 if self.busy else STATUS_READY  # settles first: errors due by now count
+        code = self.error if error is None else error
+        return STATUS_BASE | ready | (code & 0x0F)
+
+    # -- command strings ----------------------------------------------------------------------
+    def _repeated(self, body: bytes) -> tuple[int, str]:
+        """An OEM block sent again with the repeat flag: acknowledge, do not execute again."""
+        text = body.decode("ascii", "replace")
+        if text[:1] in _REPORT_START and text[:1] != "Q":
+            return self._command(body)  # reports are harmless to answer again
+        return self._status(), ""
+
+    def _command(self, body: bytes) -> tuple[int, str]:
+        if any(b < 0x20 or b > 0x7E for b in body):
+            return self._status(2), ""
+        text = body.decode("ascii")
+        if not text:
+            return self._status(), ""
+        if text[0] in _REPORT_START:
+            return self._report(text[:-1] if text.endswith("R") and len(text) > 1 else text)
+        try:
+            tokens = self._tokens(text)
+        except _Refuse as refuse:
+            return self._status(refuse.code), ""
+        if tokens and tokens[0][0] == "T":
+            self._stop_now()
+            return self._status(), ""
+        execute = bool(tokens) and tokens[-1][0] == "R"
+        if execute:
+            tokens = tokens[:-1]
+        if any(letter in "RT" for letter, _ in tokens):
+            return self._status(2), ""
+        if tokens and tokens[0][0] == "X":
+            if len(tokens) > 1:
+                return self._status(2), ""
+            tokens = list(self.last_program)
+            execute = True
+        if not execute:
+            self.loaded = tokens
+            return self._status(), ""
+        if not tokens:
+            if self.loaded is None:
+                return self._status(), ""
+            tokens, self.loaded = self.loaded, None
+        self._settle()
+        before = self.error
+        try:
+            self._run(tokens)
+        except _Refuse as refuse:
+            return self._status(refuse.code), ""
+        self.last_program = tokens
+        # An operand error found while running shows from the next answer on, not in this one.
+        ready = 0 if self.busy else STATUS_READY
+        return STATUS_BASE | ready | before, ""
+
+    def _tokens(self, text: str) -> list[tuple[str, int | None]]:
+        tokens: list[tuple[str, int | None]] = []
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None:
+                raise _Refuse(2)
+            letter, operand = m.group(1), m.group(2)
+            if letter not in _ACTIONS and letter not in "RTX":
+                raise _Refuse(2)
+            value = None if operand is None else int(operand.split(",")[0])
+            tokens.append((letter, value))
+            pos = m.end()
+        return tokens
+
+    # -- execution ----------------------------------------------------------------------------
+    def _valve_target(self, letter: str, n: int | None) -> int | None:
+        """Port a valve command goes to; None when the operand is invalid."""
+        if self.ports <= 4:
+            if n is not None:
+                return None
+            return "IOBE".index(letter) + 1
+        if n is None:
+            return 1 if letter == "I" else self.ports
+        return n if 1 <= n <= self.ports else None
+
+    def _valve_time(self, src: int, dst: int) -> float:
+        if src == dst:
+            return 0.05
+        if self.ports <= 4:
+            return 0.25
+        d = abs(dst - src)
+        return 0.15 + 0.035 * min(d, self.ports - d)
+
+    def _run(self, tokens: list[tuple[str, int | None]]) -> None:
+        now = self._settle()
+        if self.segments:
+            if all(letter == "V" for letter, _ in tokens):
+                for _, n in tokens:
+                    if n is not None and 5 <= n <= 6000:
+                        self.settings.top = n
+                return
+            raise _Refuse(15)
+        # Refused at once: valve letters a 3-port valve lacks, moves before initialisation.
+        ready = self.initialized and not self.fatal
+        for letter, _ in tokens:
+            if letter in _INIT:
+                ready = True
+            if letter in ("B", "E") and (self.ports > 4 or "IOBE".index(letter) >= self.ports):
+                raise _Refuse(2)
+            if (letter in _PLUNGER or letter in _VALVE) and not ready:
+                raise _Refuse(self.fatal or 7)
+        st = self.settings.copy()
+        t, pos, valve = now, self.position, self.valve
+        segs: list[_Segment] = []
+
+        def fail(code: int, fatal: int = 0) -> None:
+            segs.append(_Segment(t, t, "error", error=code, fatal=fatal))
+
+        for letter, n in tokens:
+            scale = FINE_PER_STROKE // STEPS_PER_STROKE[st.resolution]
+            if letter in _INIT:
+                if n is not None and n not in (0, 1, 2) and not 10 <= n <= 40:
+                    fail(3)
+                    break
+                speed = SPEED_CODES[n] if n is not None and n >= 10 else SPEED_CODES[11]
+                segs.append(_Segment(t, t + VALVE_HOME_TIME, "valve", valve=1))
+                t += VALVE_HOME_TIME
+                valve = 1
+                prof = MoveProfile(pos * PULSES_PER_FINE, st.start, speed, st.cutoff, 14 * 2500.0)
+                segs.append(_Segment(t, t + prof.duration, "plunger", pos, 0.0, prof, init=True))
+                t += prof.duration
+                pos = 0.0
+            elif letter in _PLUNGER:
+                if n is None or n < 0:
+                    fail(3)
+                    break
+                up = letter.upper()
+                target = (
+                    n * scale if up == "A" else pos + n * scale if up == "P" else pos - n * scale
+                )
+                if not 0 <= target <= FINE_PER_STROKE:
+                    fail(3)
+                    break
+                if self.ports in (3, 4) and valve == 3:
+                    fail(11)
+                    break
+                prof = MoveProfile(
+                    abs(target - pos) * PULSES_PER_FINE,
+                    st.start,
+                    st.top,
+                    st.cutoff,
+                    st.slope * SLOPE_UNIT,
+                )
+                if self.blocked and target != pos:
+                    stall = min(STALL_TIME, prof.duration)
+                    moved = prof.distance(stall) / PULSES_PER_FINE
+                    end = pos + (moved if target > pos else -moved)
+                    segs.append(_Segment(t, t + stall, "plunger", pos, end, prof))
+                    t += stall
+                    fail(9, fatal=9)
+                    break
+                quiet = letter.islower()
+                segs.append(
+                    _Segment(t, t + prof.duration, "plunger", pos, target, prof, quiet=quiet)
+                )
+                t += prof.duration
+                pos = target
+            elif letter in _VALVE:
+                port = self._valve_target(letter, n)
+                if port is None:
+                    fail(3)
+                    break
+                dt = self._valve_time(valve, port)
+                segs.append(_Segment(t, t + dt, "valve", valve=port))
+                t += dt
+                valve = port
+            elif letter == "M":
+                if n is None or not 0 <= n <= 30000:
+                    fail(3)
+                    break
+                segs.append(_Segment(t, t + n / 1000.0, "wait"))
+                t += n / 1000.0
+            elif letter == "z":
+                pass  # counter resync: our counter never drifts
+            elif not self._setting(st, letter, n):
+                fail(3)
+                break
+        self.settings = st
+        self.segments = segs
+        self._settle()
+
+    @staticmethod
+    def _setting(st: _Settings, letter: str, n: int | None) -> bool:
+        if n is None:
+            return False
+        ranges = {
+            "V": (5, 6000),
+            "v": (50, 1000),
+            "c": (50, 2700),
+            "S": (0, len(SPEED_CODES) - 1),
+            "L": (1, 20),
+            "N": (0, 1),
+            "K": (0, 31),
+            "k": (0, 80 if st.resolution == 0 else 640),
+        }
+        lo, hi = ranges[letter]
+        if not lo <= n <= hi:
+            return False
+        if letter == "V":
+            st.top = n
+        elif letter == "v":
+            st.start = n
+        elif letter == "c":
+            st.cutoff = n
+        elif letter == "S":
+            st.top = SPEED_CODES[n]
+        elif letter == "L":
+            st.slope = n
+        elif letter == "N":
+            st.resolution = n
+        elif letter == "K":
+            st.backlash = n
+        else:
+            st.zero_gap = n
+        return True
+
+    # -- reports ------------------------------------------------------------------------------
+    def _report(self, text: str) -> tuple[int, str]:
+        if text == "Q":
+            status = self._status()
+            self.error = 0
+            return status, ""
+        if text in ("&", "?23"):
+            return self._status(), self.firmware
+        if text in ("#", "?20"):
+            return self._status(), "5A3C"
+        if text in ("F", "?10"):
+            return self._status(), "1" if self.loaded else "0"
+        if not text.startswith("?") or not (text[1:] == "" or text[1:].isdigit()):
+            return self._status(2), ""
+        which = int(text[1:] or "0")
+        st = self.settings
+        values: dict[int, Any] = {
+            0: lambda: self.steps(),
+            1: lambda: st.start,
+            2: lambda: st.top,
+            3: lambda: st.cutoff,
+            4: lambda: self.steps(),
+            6: self._valve_report,
+            12: lambda: st.backlash,
+            13: lambda: 0,
+            14: lambda: 0,
+            15: lambda: self.counters.inits,
+            16: lambda: self.counters.plunger_moves,
+            17: lambda: self.counters.valve_moves,
+            18: self._valve_moves_since,
+            24: lambda: st.zero_gap,
+        }
+        if which not in values:
+            return self._status(2), ""
+        value = values[which]()
+        return self._status(), str(value)
+
+    def _valve_report(self) -> str:
+        self._settle()
+        if self.ports <= 4:
+            return "iobe"[self.valve - 1]
+        return str(self.valve)
+
+    def _valve_moves_since(self) -> int:
+        self._settle()
+        n = self.counters.valve_moves_since_report
+        self.counters.valve_moves_since_report = 0
+        return n
