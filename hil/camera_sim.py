@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from kiboauto import __version__
 from kiboauto.clock import Clock, RealClock
 from kiboauto.devices import DeviceDisconnected, DeviceError, DeviceInfo, DeviceTimeout
 
@@ -274,7 +275,7 @@ class SimCamera:
             kind=self.kind,
             protocol=self.protocol,
             model="SimCamera test scene",
-            firmware="0",
+            firmware=f"kiboauto {__version__}",
             port="in-process",
             status="connected" if self.connected else "closed",
             details={

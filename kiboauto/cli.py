@@ -106,6 +106,8 @@ def probe(
         for row in rows:
             sys.stdout.write(json.dumps(row) + "\n")
     else:
+        # Piped or captured output gets a wide table instead of one cut to 80 columns.
+        console = out if out.is_terminal else Console(width=200)
         table = Table(title="kiboauto probe", show_lines=False)
         for col in ("device", "kind", "protocol", "port", "model", "firmware", "status"):
             table.add_column(col)
@@ -121,8 +123,8 @@ def probe(
                     f"[green]{row['status']}[/]",
                 )
             else:
-                table.add_row(row["device"], "", "", "", "", "", f"[red]{row['error']}[/]")
-        out.print(table)
+                table.add_row(row["device"], "", "", "", "", "", f"[red]{escape(row['error'])}[/]")
+        console.print(table)
     if not all(row["ok"] for row in rows):
         raise typer.Exit(1)
 

@@ -117,7 +117,11 @@ def default_station() -> StationFile:
 
 def _driver_options_for(protocol: str, sim_options: dict[str, Any]) -> dict[str, Any]:
     """Driver settings that must match the simulator's (bus addresses)."""
-    keys = {"newera": ["address"], "cavro": ["address"], "modbus-tc": ["unit"]}.get(protocol, [])
+    keys = {
+        "newera": ["address"],
+        "cavro": ["address", "ports", "syringe_volume_ul"],
+        "modbus-tc": ["unit"],
+    }.get(protocol, [])
     return {k: sim_options[k] for k in keys if k in sim_options}
 
 
