@@ -343,11 +343,15 @@ class NewEraSim(Simulator):
         self.commands.append(rest)
         if self.safe_timeout > 0:
             self._comm_deadline = self.clock.now() + self.safe_timeout
+        # Replies are framed in the communications mode in force when they are sent, whatever
+        # the framing of the command: a basic-mode pump answers a safe packet in basic framing,
+        # and SAF0 sent as a safe packet is answered in basic framing (as NESP-Lib expects).
         if self.alarm is not None:
             code, self.alarm = self.alarm, None  # reporting the alarm acknowledges it
-            return self._frame(encode_reply_data(self.address, "A", alarm=code).decode(), safe=safe)
+            text = encode_reply_data(self.address, "A", alarm=code).decode()
+            return self._frame(text, safe=self.safe_timeout > 0)
         data = self._command(rest)
-        return self._frame(f"{self.address:02d}{self._status()}{data}", safe=safe)
+        return self._frame(f"{self.address:02d}{self._status()}{data}", safe=self.safe_timeout > 0)
 
     def _status(self) -> str:
         return self.state
