@@ -32,6 +32,7 @@ import yaml
 
 from kiboauto.clock import RealClock
 from kiboauto.drivers.streams import open_serial_stream
+from kiboauto.drivers.trace import ByteTrace
 from kiboauto.station import open_station, station_from_hil_ports
 
 PROTOCOLS = ("newera", "cavro", "modbus-tc")
@@ -72,11 +73,18 @@ async def _loop(query: Callable[[], Awaitable[Any]], seconds: float) -> tuple[li
     return latencies, time.perf_counter() - start
 
 
-def _query_of(device: Any) -> Callable[[], Awaitable[Any]]:
-    for name in ("status", "query_status", "read_temperature"):
-        if hasattr(device, name):
-            return getattr(device, name)  # type: ignore[no-any-return]
-    raise RuntimeError(f"{device!r} has no status query")
+#: one status query per protocol, each a single request/reply transaction
+QUERIES = {"newera": "is_moving", "cavro": "status", "modbus-tc": "read_temperature"}
+
+
+def _query_of(protocol: str, device: Any) -> Callable[[], Awaitable[Any]]:
+    query: Callable[[], Awaitable[Any]] = getattr(device, QUERIES[protocol])
+    return query
+
+
+def _tx_count(trace: ByteTrace, names: list[str]) -> int:
+    wanted = set(names)
+    return sum(1 for e in trace if e.direction == "tx" and e.device in wanted)
 
 
 async def _baseline(port: str, request: bytes, reply_len: int, seconds: float) -> dict[str, float]:
@@ -115,15 +123,19 @@ async def run(ports: dict[str, Any], seconds: float) -> dict[str, Any]:
     for protocol in PROTOCOLS:
         names = [f"{protocol}{i}" for i in range(DEVICES_PER_PROTOCOL)]
         subset = {n: ports[n] for n in names}
-        async with open_station(station_from_hil_ports(subset), RealClock()) as station:
+        trace = ByteTrace(limit=10_000_000)
+        spec = station_from_hil_ports(subset)
+        async with open_station(spec, RealClock(), trace=trace) as station:
             if station.failures:
                 raise RuntimeError(f"cannot open: {station.failures}")
             first = station.devices[names[0]]
-            query = _query_of(first)
+            query = _query_of(protocol, first)
             await query()
+            before = _tx_count(trace, names)
             single_lat, single_t = await _loop(query, seconds)
+            tx_per_query = (_tx_count(trace, names) - before) / len(single_lat)
             runs = await asyncio.gather(
-                *(_loop(_query_of(station.devices[n]), seconds) for n in names)
+                *(_loop(_query_of(protocol, station.devices[n]), seconds) for n in names)
             )
             all_lat = [x for lat, _ in runs for x in lat]
             eight = _summary(all_lat, max(t for _, t in runs))
@@ -135,7 +147,8 @@ async def run(ports: dict[str, Any], seconds: float) -> dict[str, Any]:
         base = await _baseline(ports[names[0]]["port"], request, len(reply), seconds)
         single = _summary(single_lat, single_t)
         results[protocol] = {
-            "query": getattr(query, "__name__", "?"),
+            "query": QUERIES[protocol],
+            "transactions_per_query": tx_per_query,
             "request_bytes": len(request),
             "reply_bytes": len(reply),
             "one_device": single,
