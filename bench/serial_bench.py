@@ -9,7 +9,7 @@ protocol it measures:
 * a baseline in the same run: the same request bytes written and the reply read back with plain
   pyserial-asyncio-fast streams and no driver or transport (our overhead = driver / baseline).
 
-    python bench/serial_bench.py [--seconds 3] [--json]
+    python bench/serial_bench.py [--seconds 3] [--repeat 3] [--json]
 """
 
 from __future__ import annotations
@@ -159,24 +159,41 @@ async def run(ports: dict[str, Any], seconds: float) -> dict[str, Any]:
     return results
 
 
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Element-wise median of several runs' numbers (machines here are noisy)."""
+    first = runs[0]
+    out: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, dict):
+            out[key] = _median_of([r[key] for r in runs])
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+        else:
+            out[key] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="runs; figures are their medians")
     parser.add_argument("--json", action="store_true", help="print raw JSON")
     args = parser.parse_args()
     proc, ports = start_hil()
     try:
-        results = asyncio.run(run(ports, args.seconds))
+        runs = [asyncio.run(run(ports, args.seconds)) for _ in range(args.repeat)]
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+    results = _median_of(runs)
     if args.json:
         print(json.dumps(results, indent=2))
         return
     py = platform.python_version()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {py}")
+    print(f"medians of {args.repeat} runs of {args.seconds:g} s per measurement")
     header = (
         f"{'protocol':<10} {'query':<17} {'1 dev tps':>10} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'8 dev tps':>10} {'p50 ms':>7} {'p99 ms':>7} {'raw tps':>9} {'ratio':>6}"
