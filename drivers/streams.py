@@ -89,28 +89,30 @@ class AsyncioByteStream:
         return self._closed or self._writer.is_closing()
 
 
-class _PipeEnd:
-    """One end of a :class:`MemoryPipe`."""
+class ByteInbox:
+    """Bytes received and not yet read, with end-of-file: the reading half of a stream."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+    def __init__(self) -> None:
         self._buffer = bytearray()
         self._data = asyncio.Event()
-        self._eof = False
-        self._closed = False
-        self.peer: _PipeEnd | None = None
+        self.eof = False
 
-    def _feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         self._buffer.extend(data)
         self._data.set()
 
-    def _feed_eof(self) -> None:
-        self._eof = True
+    def feed_eof(self) -> None:
+        self.eof = True
         self._data.set()
 
-    async def read(self, max_bytes: int = 4096) -> bytes:
+    def wake(self) -> None:
+        """Let a waiting reader look again (e.g. because the stream was closed)."""
+        self._data.set()
+
+    async def take(self, max_bytes: int, closed: Callable[[], bool]) -> bytes:
+        """Up to ``max_bytes`` (waiting for at least one); ``b""`` at end of file or once closed."""
         while not self._buffer:
-            if self._eof or self._closed:
+            if self.eof or closed():
                 return b""
             self._data.clear()
             await self._data.wait()
@@ -118,23 +120,36 @@ class _PipeEnd:
         del self._buffer[:max_bytes]
         return chunk
 
+
+class _PipeEnd:
+    """One end of a :class:`MemoryPipe`."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.inbox = ByteInbox()
+        self._closed = False
+        self.peer: _PipeEnd | None = None
+
+    async def read(self, max_bytes: int = 4096) -> bytes:
+        return await self.inbox.take(max_bytes, lambda: self._closed)
+
     async def write(self, data: bytes) -> None:
         if self._closed or self.peer is None or self.peer._closed:
             raise ConnectionResetError(f"memory pipe {self.label}: other end closed")
-        self.peer._feed(bytes(data))
+        self.peer.inbox.feed(bytes(data))
         await asyncio.sleep(0)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._data.set()
+        self.inbox.wake()
         if self.peer is not None:
-            self.peer._feed_eof()
+            self.peer.inbox.feed_eof()
 
     @property
     def closed(self) -> bool:
-        return self._closed or self._eof
+        return self._closed or self.inbox.eof
 
 
 class MemoryPipe:
@@ -161,9 +176,7 @@ class ThreadedSerialStream:
 
     def __init__(self, port: Any) -> None:
         self._port = port
-        self._buffer = bytearray()
-        self._data = asyncio.Event()
-        self._eof = False
+        self._inbox = ByteInbox()
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._read_forever, name=f"serial:{port.port}")
@@ -177,29 +190,14 @@ class ThreadedSerialStream:
             except Exception:
                 break
             if chunk:
-                self._loop.call_soon_threadsafe(self._feed, chunk)
-        self._loop.call_soon_threadsafe(self._feed_eof)
-
-    def _feed(self, chunk: bytes) -> None:
-        self._buffer.extend(chunk)
-        self._data.set()
-
-    def _feed_eof(self) -> None:
-        self._eof = True
-        self._data.set()
+                self._loop.call_soon_threadsafe(self._inbox.feed, chunk)
+        self._loop.call_soon_threadsafe(self._inbox.feed_eof)
 
     async def read(self, max_bytes: int = 4096) -> bytes:
-        while not self._buffer:
-            if self._eof or self._closed:
-                return b""
-            self._data.clear()
-            await self._data.wait()
-        chunk = bytes(self._buffer[:max_bytes])
-        del self._buffer[:max_bytes]
-        return chunk
+        return await self._inbox.take(max_bytes, lambda: self._closed)
 
     async def write(self, data: bytes) -> None:
-        if self._closed or self._eof:
+        if self._closed or self._inbox.eof:
             raise ConnectionResetError("serial port is closed")
         try:
             await self._loop.run_in_executor(None, self._port.write, data)
@@ -215,7 +213,7 @@ class ThreadedSerialStream:
 
     @property
     def closed(self) -> bool:
-        return self._closed or self._eof
+        return self._closed or self._inbox.eof
 
 
 async def open_serial_stream(

@@ -8,12 +8,13 @@ recording back to a driver and fails loudly the moment the driver sends somethin
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from .streams import ByteInbox
 
 __all__ = ["ByteTrace", "ReplayMismatch", "ReplayStream", "TraceEntry"]
 
@@ -126,8 +127,7 @@ class ReplayStream:
         if tx or rx:
             self._steps.append((bytes(tx), bytes(rx)))
         self._pending_tx = bytearray()
-        self._out = bytearray()
-        self._data = asyncio.Event()
+        self._out = ByteInbox()
         self._closed = False
 
     @property
@@ -136,14 +136,7 @@ class ReplayStream:
         return len(self._steps)
 
     async def read(self, max_bytes: int = 4096) -> bytes:
-        while not self._out:
-            if self._closed:
-                return b""
-            self._data.clear()
-            await self._data.wait()
-        chunk = bytes(self._out[:max_bytes])
-        del self._out[:max_bytes]
-        return chunk
+        return await self._out.take(max_bytes, lambda: self._closed)
 
     async def write(self, data: bytes) -> None:
         self._pending_tx.extend(data)
@@ -157,12 +150,11 @@ class ReplayStream:
         if len(self._pending_tx) == len(expected_tx):
             self._steps.pop(0)
             self._pending_tx.clear()
-            self._out.extend(reply)
-            self._data.set()
+            self._out.feed(reply)
 
     async def close(self) -> None:
         self._closed = True
-        self._data.set()
+        self._out.wake()
 
     @property
     def closed(self) -> bool:

@@ -121,6 +121,69 @@ def test_run_time_fault_injection_through_the_control_port() -> None:
 
 
 @pytest.mark.req("KA-HIL-005")
+@pytest.mark.req("KA-CLK-003")
+def test_hil_serve_speed_runs_the_physics_faster() -> None:
+    """--speed 600: a 10-minute dispense is over in about a second of real time."""
+    from kiboauto.drivers.newera import NewEraPump
+    from kiboauto.drivers.streams import serial_connector
+    from kiboauto.drivers.transport import SerialTransport
+
+    proc, ports = _start_serve("--speed", "600")
+    try:
+
+        async def dispense() -> tuple[float, bool, float]:
+            clock = RealClock()
+            path = ports["pump1"]["port"]
+            line = serial_connector(path, baudrate=19200)
+            transport = SerialTransport("pump1", line, clock=clock)
+            pump = NewEraPump("pump1", transport, clock=clock)
+            await pump.connect()
+            await pump.set_diameter("14.43 mm")
+            await pump.clear_dispensed()
+            await pump.set_direction("INF")
+            await pump.set_rate("10 uL/min")
+            await pump.set_volume("100 uL")  # 10 minutes of pumping at 1x
+            started = clock.now()
+            await pump.run()
+            while await pump.is_moving() and clock.now() - started < 30:
+                await clock.sleep(0.1)
+            real = clock.now() - started
+            moving = await pump.is_moving()
+            infused, _ = await pump.dispensed()
+            await pump.close()
+            return real, moving, float(infused.to("uL").m)
+
+        real, moving, infused = asyncio.run(dispense())
+    finally:
+        _stop(proc)
+    assert not moving
+    assert infused == pytest.approx(100, abs=0.5)
+    assert real < 30  # 600 s of pumping at 1x; at 600x it takes about one second
+
+
+def test_hil_serve_camera_snapshots_over_http() -> None:
+    """The rig's camera, served by `hil serve`, read through the OpenCV driver as a URL."""
+    from kiboauto.drivers.camera import OpenCVCamera
+
+    proc, ports = _start_serve()
+    try:
+
+        async def grab() -> tuple[int, ...]:
+            camera = OpenCVCamera("camera1", ports["camera1"]["port"], clock=RealClock())
+            await camera.connect()
+            try:
+                frame = await camera.capture()
+                return tuple(frame.shape)
+            finally:
+                await camera.close()
+
+        shape = asyncio.run(grab())
+    finally:
+        _stop(proc)
+    assert shape == (960, 1280, 3)
+
+
+@pytest.mark.req("KA-HIL-005")
 def test_hil_serve_rejects_a_bad_rig_with_its_line(tmp_path: Path) -> None:
     rig = tmp_path / "rig.yaml"
     rig.write_text("devices:\n  p:\n    protocol: nope\n", encoding="utf-8")

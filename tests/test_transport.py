@@ -248,6 +248,8 @@ def test_garbage_and_oversized_replies_are_framing_errors_not_hangs() -> None:
         sim.inject(Fault(FaultKind.GARBAGE, size=64))
         with pytest.raises(FramingError):
             await t.request(b"a\r", parse, timeout=1.0)
+        notes = [e.note for e in t.trace if e.direction == "note"]
+        assert any(n.startswith("bad frame in reply to 'a'") for n in notes)
         # Oversized: a reply that starts right but never ends.
         big = LineDevice(clock=clock)
         big.handle_bytes = lambda data: [b"<" + b"A" * 5000]  # type: ignore[method-assign]
