@@ -56,7 +56,7 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, s
 
 
 @pytest.mark.req("KA-HIL-005")
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_hil_serve_announces_ports_serves_drivers_and_stops_cleanly(sig: int) -> None:
     proc, ports = _start_serve("--tcp", "--rfc2217")
     try:
