@@ -1,32 +1,31 @@
-"""A simulated growth-cell camera: a seeded test scene of a crystallisation well, in process.
+"""A simulated growth-cell camera: rendered crystallisation drops that grow with clock time.
 
 :class:`SimCamera` is hardware for HIL rigs and tests. It has no wire protocol (the HIL server
 serves its frames as PNG over HTTP, which :class:`kiboauto.drivers.camera.OpenCVCamera` reads);
 it satisfies :class:`kiboauto.devices.Camera` directly.
 
-The scene is deliberately simple (a later renderer replaces it) and fully determined by the seed
-and the clock time of the capture:
-
-* an illumination gradient (brighter on one side, darker towards the corners);
-* the dark ring of the well wall;
-* a drop with an irregular edge (a circle whose radius wobbles with a few seeded harmonics) and a
-  darker meniscus line;
-* ``crystals`` bright faceted polygons inside the drop, each nucleating at a seeded time and then
-  growing linearly at ``growth_um_per_h`` until its seeded final size;
-* Gaussian sensor noise, seeded from the seed and the capture time.
+The camera looks at ``cells`` growth cells (:class:`kiboauto.hil.growth.GrowthCell`), one at a
+time (:meth:`SimCamera.select_cell`, like a plate imager moving to a well). A capture renders the
+selected cell at ``clock.now()`` with :func:`kiboauto.hil.scene.render`: its crystals have the
+sizes the growth model gives for the temperature history so far (``temperature``: a constant, a
+callable ``T(t)`` in degC at clock time ``t``, a list of ``(t, degC)`` steps, or ``incubator``:
+an object with ``temperature()`` (e.g. :class:`kiboauto.hil.thermal_sim.ThermalSim`) sampled every
+``temperature_sample_s`` of clock time while connected). Cell 1 always grows crystals; the others
+draw their outcome (crystals, precipitate, clear) from their seed. Deterministic for a seed and a
+clock time (the sensor noise is seeded by the capture time).
 
 Faults (:meth:`SimCamera.inject_failure`): ``timeout`` (the capture hangs; it raises
 :class:`DeviceTimeout` after ``timeout_s`` of clock time), ``disconnect``
-(:class:`DeviceDisconnected`),
-``corrupt`` (:class:`DeviceError`: the frame arrived damaged and is refused, as a driver would),
-``dark`` (the lamp is off: a valid frame of noise on black, no error).
+(:class:`DeviceDisconnected`), ``corrupt`` (:class:`DeviceError`: the frame arrived damaged and is
+refused, as a driver would), ``dark`` (the lamp is off: a valid frame of noise on black, no error).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import cv2
@@ -37,7 +36,10 @@ from kiboauto import __version__
 from kiboauto.clock import Clock, RealClock
 from kiboauto.devices import DeviceDisconnected, DeviceError, DeviceInfo, DeviceTimeout
 
-__all__ = ["CAMERA_FAILURES", "SimCamera", "SimCrystal"]
+from .growth import CrystalPlan, GrowthCell, GrowthParams, TemperatureHistory, TemperatureLog
+from .scene import SceneTruth, render
+
+__all__ = ["CAMERA_FAILURES", "SimCamera"]
 
 Frame = npt.NDArray[np.uint8]
 
@@ -45,33 +47,17 @@ Frame = npt.NDArray[np.uint8]
 CAMERA_FAILURES = ("timeout", "disconnect", "corrupt", "dark")
 
 
-@dataclass(frozen=True)
-class SimCrystal:
-    """One crystal of the scene: where it is, when it nucleates, how it grows (ground truth)."""
-
-    x_px: float
-    y_px: float
-    angle_rad: float
-    aspect: float  # length / width
-    sides: int  # facets of its outline (4: rhomb, 6: hexagonal prism seen from the side)
-    nucleation_s: float
-    final_um: float
-    growth_um_per_s: float
-
-    def size_um(self, t: float) -> float:
-        """Longest dimension at clock time ``t`` (0 before nucleation)."""
-        if t <= self.nucleation_s:
-            return 0.0
-        return min(self.final_um, (t - self.nucleation_s) * self.growth_um_per_s)
-
-
 class SimCamera:
-    """An in-process camera that renders a seeded crystallisation-well scene at clock time.
+    """An in-process camera over ``cells`` simulated growth cells.
 
-    Options: ``width`` (1280), ``height`` (960), ``um_per_px`` (2.0: the field is 2.56 x 1.92 mm),
-    ``crystals`` (3), ``growth_um_per_h`` (5.0), ``nucleation_h`` ((2, 24): nucleation times are
-    drawn from this range), ``max_crystal_um`` (250), ``noise`` (sensor noise sigma in grey
-    levels, 3.0), ``grey`` (False), ``timeout_s`` (5.0: how long a hung capture takes to fail).
+    Options: ``width`` (1280), ``height`` (960), ``um_per_px`` (2.0), ``cells`` (8), ``crystals``
+    (most crystals per cell, 8), ``growth_um_per_h`` (initial growth rate at 20 degC; default
+    drawn per crystal from 4..15), ``nucleation_h`` (induction time range at 20 degC, (2, 12)),
+    ``max_crystal_um`` (largest final size, 300), ``noise`` (sensor sigma in grey levels, 2.0),
+    ``grey`` (False: BGR frames), ``polarised`` (colour frames with birefringence colours),
+    ``jpeg_quality`` (None: no JPEG artefacts), ``mixed_at_s`` (clock time the drops were set
+    up, 0), ``temperature`` / ``incubator`` / ``temperature_sample_s`` (see the module doc),
+    ``timeout_s`` (5.0: how long a hung capture takes to fail).
     """
 
     protocol: ClassVar[str] = "camera"  # the rig-file key (hil/rig.py); no wire protocol
@@ -86,70 +72,120 @@ class SimCamera:
         width: int = 1280,
         height: int = 960,
         um_per_px: float = 2.0,
-        crystals: int = 3,
-        growth_um_per_h: float = 5.0,
-        nucleation_h: tuple[float, float] | list[float] = (2.0, 24.0),
-        max_crystal_um: float = 250.0,
-        noise: float = 3.0,
+        cells: int = 8,
+        crystals: int | None = None,
+        growth_um_per_h: float | None = None,
+        nucleation_h: tuple[float, float] | list[float] | None = None,
+        max_crystal_um: float | None = None,
+        noise: float = 2.0,
         grey: bool = False,
+        polarised: bool = False,
+        jpeg_quality: int | None = None,
+        mixed_at_s: float = 0.0,
+        temperature: float | Callable[[float], float] | Sequence[tuple[float, float]] | None = None,
+        incubator: Any = None,
+        temperature_sample_s: float = 300.0,
         timeout_s: float = 5.0,
     ) -> None:
         if width < 64 or height < 64:
             raise ValueError(f"{name}: frame must be at least 64x64, got {width}x{height}")
-        if um_per_px <= 0 or growth_um_per_h < 0 or max_crystal_um <= 0 or crystals < 0:
-            raise ValueError(f"{name}: um_per_px and max_crystal_um must be > 0, others >= 0")
-        lo, hi = (float(v) for v in nucleation_h)
-        if not 0 <= lo <= hi:
-            raise ValueError(f"{name}: nucleation_h must be (min, max) with 0 <= min <= max")
+        if um_per_px <= 0 or cells < 1 or (crystals is not None and crystals < 0):
+            raise ValueError(f"{name}: um_per_px must be > 0, cells >= 1, crystals >= 0")
+        if temperature is not None and incubator is not None:
+            raise ValueError(f"{name}: give temperature or incubator, not both")
         self.name = name
         self.clock: Clock = clock if clock is not None else RealClock()
         self.seed = int(seed)
         self.width = int(width)
         self.height = int(height)
         self.um_per_px = float(um_per_px)
-        self.growth_um_per_h = float(growth_um_per_h)
         self.noise = float(noise)
         self.grey = bool(grey)
+        self.polarised = bool(polarised)
+        self.jpeg_quality = jpeg_quality
         self.timeout_s = float(timeout_s)
         self.connected = False
         self.frames = 0
         self._failures: list[list[Any]] = []  # [kind, remaining (0: until cleared)]
         self.applied_failures: list[str] = []
 
-        rng = np.random.default_rng([self.seed, 0xCA3E])
-        short = min(self.width, self.height)
-        self.well_center = (
-            self.width / 2 + rng.uniform(-0.02, 0.02) * short,
-            self.height / 2 + rng.uniform(-0.02, 0.02) * short,
+        base = GrowthParams()
+        params = GrowthParams(
+            max_crystals=base.max_crystals if crystals is None else int(crystals),
+            growth_um_per_h=(
+                base.growth_um_per_h
+                if growth_um_per_h is None
+                else (float(growth_um_per_h), float(growth_um_per_h))
+            ),
+            induction_h=base.induction_h if nucleation_h is None else _range(nucleation_h, name),
+            final_um=(
+                base.final_um
+                if max_crystal_um is None
+                else (0.5 * float(max_crystal_um), float(max_crystal_um))
+            ),
         )
-        self.well_radius = 0.46 * short
-        self.drop_radius = 0.30 * short
-        # the drop edge: radius(theta) = r0 * (1 + sum a_k cos(k theta + phi_k)), k = 2..6
-        self._drop_harmonics = [
-            (k, rng.uniform(0.01, 0.05) / k * 2, rng.uniform(0, 2 * math.pi)) for k in range(2, 7)
-        ]
-        self._gradient_angle = rng.uniform(0, 2 * math.pi)
-        growth = self.growth_um_per_h / 3600.0
-        self.crystals: list[SimCrystal] = []
-        for _ in range(int(crystals)):
-            r = self.drop_radius * 0.7 * math.sqrt(rng.uniform(0, 1))
-            a = rng.uniform(0, 2 * math.pi)
-            self.crystals.append(
-                SimCrystal(
-                    x_px=self.well_center[0] + r * math.cos(a),
-                    y_px=self.well_center[1] + r * math.sin(a),
-                    angle_rad=rng.uniform(0, math.pi),
-                    aspect=rng.uniform(1.0, 2.5),
-                    sides=int(rng.choice([4, 6])),
-                    nucleation_s=rng.uniform(lo, hi) * 3600.0,
-                    final_um=rng.uniform(0.5, 1.0) * float(max_crystal_um),
-                    growth_um_per_s=growth,
+        self.params = params
+        self.incubator = incubator
+        self.temperature_log: TemperatureLog | None = None
+        self.history: TemperatureHistory
+        if incubator is not None:
+            read = getattr(incubator, "temperature", None)
+            if not callable(read):
+                raise ValueError(f"{name}: incubator {incubator!r} has no temperature() method")
+            self.temperature_log = TemperatureLog(read, self.clock, period_s=temperature_sample_s)
+            self.history = self.temperature_log
+        elif temperature is None:
+            self.history = 20.0
+        else:
+            self.history = temperature if callable(temperature) else _steps_or_const(temperature)
+        self._sampler: asyncio.Task[None] | None = None
+        scene = {"noise": self.noise, "colour": self.polarised, "jpeg_quality": jpeg_quality}
+        self.cells: list[GrowthCell] = []
+        for n in range(1, int(cells) + 1):
+            cell_seed = int(np.random.SeedSequence([self.seed, n, 0xCE]).generate_state(1)[0])
+            self.cells.append(
+                GrowthCell(
+                    seed=cell_seed,
+                    mixed_at_s=float(mixed_at_s),
+                    params=params,
+                    outcome="crystals" if n == 1 else None,
+                    width=self.width,
+                    height=self.height,
+                    um_per_px=self.um_per_px,
+                    scene=scene,
                 )
             )
-        self._background: npt.NDArray[np.float32] | None = None
+        self.selected = 1
 
     def __repr__(self) -> str:
-        return f"SimCamera({self.name!r}, seed={self.seed})"
+        return f"SimCamera({self.name!r}, seed={self.seed}, cells={len(self.cells)})"
+
+    # -- cells -------------------------------------------------------------------------------
+    def _cell(self, n: int | None) -> GrowthCell:
+        n = self.selected if n is None else n
+        if not 1 <= n <= len(self.cells):
+            raise ValueError(f"{self.name}: no cell {n} (cells 1..{len(self.cells)})")
+        return self.cells[n - 1]
+
+    def select_cell(self, n: int) -> None:
+        """Look at cell ``n`` (1-based) from the next capture on."""
+        self._cell(n)
+        self.selected = int(n)
+
+    @property
+    def crystals(self) -> list[CrystalPlan]:
+        """The crystals the selected cell can grow (seeded plans; sizes depend on temperature)."""
+        return [p for p in self._cell(None).plans if math.isfinite(p.theta_s)]
+
+    def crystal_sizes_um(self, t: float | None = None, cell: int | None = None) -> list[float]:
+        """Each potential crystal's size in um at clock time ``t`` (default: now; 0: none yet)."""
+        when = self.clock.now() if t is None else t
+        self._sample_temperature()
+        return self._cell(cell).sizes_um(when, self.history)
+
+    def _sample_temperature(self) -> None:
+        if self.temperature_log is not None:
+            self.temperature_log.sample()
 
     # -- faults ------------------------------------------------------------------------------
     def inject_failure(self, kind: str, count: int = 1) -> None:
@@ -177,104 +213,64 @@ class SimCamera:
         self.applied_failures.append(kind)
         return kind
 
-    # -- ground truth ------------------------------------------------------------------------
-    def crystal_sizes_um(self, t: float | None = None) -> list[float]:
-        """Each crystal's longest dimension at clock time ``t`` (default: now)."""
-        when = self.clock.now() if t is None else t
-        return [c.size_um(when) for c in self.crystals]
-
     # -- rendering ---------------------------------------------------------------------------
-    def _static_scene(self) -> npt.NDArray[np.float32]:
-        """Everything that does not change with time, as float32 BGR (rendered once)."""
-        if self._background is not None:
-            return self._background
-        h, w = self.height, self.width
-        cx, cy = self.well_center
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        # illumination: a linear gradient across the field and a soft vignette
-        ux, uy = math.cos(self._gradient_angle), math.sin(self._gradient_angle)
-        span = float(max(w, h))
-        linear = 1.0 + 0.12 * (((xx - w / 2) * ux + (yy - h / 2) * uy) / span)
-        dist = np.hypot(xx - cx, yy - cy)
-        vignette = 1.0 - 0.25 * (dist / (0.75 * span)) ** 2
-        light = np.clip(linear * vignette, 0.2, 1.2)
-        level = np.where(dist < self.well_radius, 200.0, 120.0).astype(np.float32)
-        # the well wall: a dark ring with soft edges
-        ring = np.exp(-(((dist - self.well_radius) / (0.025 * min(w, h))) ** 2))
-        level = level * (1.0 - 0.8 * ring)
-        # the drop: slightly darker and warmer inside an irregular edge, darker meniscus at it
-        theta = np.arctan2(yy - cy, xx - cx)
-        edge = np.full_like(theta, self.drop_radius)
-        for k, amp, phase in self._drop_harmonics:
-            edge += self.drop_radius * amp * np.cos(k * theta + phase)
-        inside = dist < edge
-        meniscus = np.exp(-(((dist - edge) / 4.0) ** 2))
-        level = level * np.where(inside, 0.9, 1.0) * (1.0 - 0.45 * meniscus)
-        grey = level * light
-        tint = np.where(inside, 1.0, 0.0)[..., None] * np.array([-10.0, 0.0, 8.0], np.float32)
-        scene = np.repeat(grey[..., None], 3, axis=2) + tint
-        self._background = scene.astype(np.float32)
-        return self._background
+    def render_with_truth(self, t: float, cell: int | None = None) -> tuple[Frame, SceneTruth]:
+        """The frame of a cell at clock time ``t`` and its exact ground truth."""
+        spec = self._cell(cell).spec(t, self.history, noise_seed=round(t * 1000))
+        image, truth = render(spec)
+        frame: Frame = np.asarray(image, dtype=np.uint8)
+        if self.grey and frame.ndim == 3:
+            frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
+        elif not self.grey and frame.ndim == 2:
+            frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+        return frame, truth
 
-    def _draw_crystals(self, img: npt.NDArray[np.float32], t: float) -> None:
-        for c in self.crystals:
-            length_px = c.size_um(t) / self.um_per_px
-            if length_px < 1.0:
-                continue
-            half_l, half_w = length_px / 2, length_px / (2 * c.aspect)
-            ca, sa = math.cos(c.angle_rad), math.sin(c.angle_rad)
-            # outline in the crystal frame: a rhomb (4) or an elongated hexagon (6)
-            if c.sides == 4:
-                local = [(half_l, 0.0), (0.0, half_w), (-half_l, 0.0), (0.0, -half_w)]
-            else:
-                tip = 0.6 * half_l
-                local = [
-                    (half_l, 0.0), (tip, half_w), (-tip, half_w),
-                    (-half_l, 0.0), (-tip, -half_w), (tip, -half_w),
-                ]  # fmt: skip
-            pts = [(c.x_px + u * ca - v * sa, c.y_px + u * sa + v * ca) for u, v in local]
-            # facets: triangles from the centre, each lit differently
-            for i in range(len(pts)):
-                a, b = pts[i], pts[(i + 1) % len(pts)]
-                tri = np.array([[c.x_px, c.y_px], a, b], dtype=np.float64)
-                shade = 235.0 + 20.0 * math.cos(c.angle_rad + 2 * math.pi * i / len(pts))
-                color = (min(255.0, shade + 10.0), shade, shade - 15.0)
-                cv2.fillConvexPoly(
-                    img, np.round(tri * 16).astype(np.int32), color, cv2.LINE_AA, shift=4
-                )
-            outline = np.round(np.array(pts) * 16).astype(np.int32)
-            cv2.polylines(img, [outline], True, (60.0, 60.0, 60.0), 1, cv2.LINE_AA, shift=4)
-
-    def render(self, t: float, *, dark: bool = False) -> Frame:
+    def render(self, t: float, *, dark: bool = False, cell: int | None = None) -> Frame:
         """The frame the camera sees at clock time ``t`` (deterministic for seed and ``t``)."""
         if dark:
-            img = np.zeros((self.height, self.width, 3), np.float32)
-        else:
-            img = self._static_scene().copy()
-            self._draw_crystals(img, t)
-        if self.noise > 0:
-            rng = np.random.default_rng([self.seed, 0x5E5, round(t * 1e6)])
-            img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(self.noise)
-        frame: Frame = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-        if self.grey:
-            grey: Frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
-            return grey
-        return frame
+            shape = (self.height, self.width) if self.grey else (self.height, self.width, 3)
+            rng = np.random.default_rng([self.seed, 0xDA, round(t * 1000)])
+            noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(self.noise)
+            dark_frame: Frame = np.clip(noise + 2.5, 0, 255).astype(np.uint8)
+            return dark_frame
+        return self.render_with_truth(t, cell)[0]
+
+    def truth(self, cell: int | None = None, t: float | None = None) -> SceneTruth:
+        """Ground truth of a cell at clock time ``t`` (default: now)."""
+        when = self.clock.now() if t is None else t
+        self._sample_temperature()
+        return render(self._cell(cell).spec(when, self.history, noise_seed=0))[1]
 
     # -- Camera protocol ---------------------------------------------------------------------
     async def connect(self) -> None:
         self.connected = True
         self.frames = 0
+        if self.temperature_log is not None and self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(self.temperature_log.run())
 
     async def close(self) -> None:
         self.connected = False
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sampler
+            self._sampler = None
 
     async def identify(self) -> DeviceInfo:
+        source = "constant 20 degC"
+        if self.incubator is not None:
+            source = f"incubator {getattr(self.incubator, 'name', self.incubator)!r}"
+        elif callable(self.history):
+            source = "profile T(t)"
+        elif not isinstance(self.history, float | int):
+            source = "temperature steps"
+        elif self.history != 20.0:
+            source = f"constant {self.history:g} degC"
         return DeviceInfo(
             name=self.name,
             kind=self.kind,
             protocol=self.protocol,
-            model="SimCamera test scene",
+            model="SimCamera growth-cell imager (rendered scene)",
             firmware=f"kiboauto {__version__}",
             port="in-process",
             status="connected" if self.connected else "closed",
@@ -283,15 +279,23 @@ class SimCamera:
                 "frame_width": self.width,
                 "frame_height": self.height,
                 "grey": self.grey,
+                "polarised": self.polarised,
                 "um_per_px": self.um_per_px,
-                "crystals": len(self.crystals),
-                "growth_um_per_h": self.growth_um_per_h,
+                "cells": len(self.cells),
+                "selected_cell": self.selected,
+                "cell_outcomes": [c.outcome for c in self.cells],
+                "temperature": source,
                 "frames_captured": self.frames,
             },
         )
 
     async def capture(self) -> Frame:
-        """The scene at ``clock.now()``: BGR ``(height, width, 3)`` or grey ``(height, width)``."""
+        """The selected cell at ``clock.now()``: BGR ``(h, w, 3)`` or grey ``(h, w)``, uint8."""
+        return await self.capture_cell(self.selected)
+
+    async def capture_cell(self, n: int) -> Frame:
+        """Cell ``n`` at ``clock.now()`` (does not change the selected cell)."""
+        self._cell(n)
         if not self.connected:
             raise DeviceDisconnected(self.name, "not connected (call connect() first)")
         failure = self._next_failure()
@@ -306,6 +310,23 @@ class SimCamera:
             raise DeviceDisconnected(self.name, "camera not responding (unplugged?)")
         if failure == "corrupt":
             raise DeviceError(self.name, "frame arrived corrupt (truncated image data)")
-        frame = self.render(self.clock.now(), dark=failure == "dark")
+        self._sample_temperature()
+        frame = self.render(self.clock.now(), dark=failure == "dark", cell=n)
         self.frames += 1
         return frame
+
+
+def _range(value: tuple[float, float] | list[float], name: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"{name}: nucleation_h must be (min, max) with 0 <= min <= max")
+    return lo, hi
+
+
+def _steps_or_const(value: Any) -> TemperatureHistory:
+    if isinstance(value, int | float):
+        return float(value)
+    steps = [(float(t), float(v)) for t, v in value]
+    if not steps:
+        raise ValueError("temperature steps must not be empty")
+    return steps

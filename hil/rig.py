@@ -34,6 +34,7 @@ __all__ = [
     "SIMULATORS",
     "RigDevice",
     "RigFile",
+    "build_rig",
     "build_simulator",
     "default_rig",
     "load_rig",
@@ -108,10 +109,27 @@ def simulator_class(protocol: str) -> type[Simulator]:
     return cls
 
 
-def build_simulator(name: str, device: RigDevice, clock: Clock) -> Any:
-    """The simulator (or, for cameras, the in-process camera) for one rig device, faults applied."""
+def build_simulator(
+    name: str, device: RigDevice, clock: Clock, others: dict[str, Any] | None = None
+) -> Any:
+    """The simulator (or, for cameras, the in-process camera) for one rig device, faults applied.
+
+    A camera's ``incubator`` option names another device of the rig (a thermal simulator) whose
+    temperature drives the growth of its crystals; ``others`` holds the devices built so far.
+    """
     if device.protocol == CAMERA_PROTOCOL:
-        return _import(CAMERA_SIMULATOR)(name, clock=clock, seed=device.seed, **device.options)
+        options = dict(device.options)
+        incubator = options.get("incubator")
+        if isinstance(incubator, str):
+            found = (others or {}).get(incubator)
+            if found is None or not callable(getattr(found, "temperature", None)):
+                known = sorted(n for n, s in (others or {}).items() if hasattr(s, "temperature"))
+                raise ValueError(
+                    f"device {name}: incubator {incubator!r} is not a thermal simulator of this "
+                    f"rig; thermal simulators: {known}"
+                )
+            options["incubator"] = found
+        return _import(CAMERA_SIMULATOR)(name, clock=clock, seed=device.seed, **options)
     try:
         sim = simulator_class(device.protocol)(name, clock, seed=device.seed, **device.options)
     except TypeError as e:
@@ -120,6 +138,15 @@ def build_simulator(name: str, device: RigDevice, clock: Clock) -> Any:
         parsed = Fault.from_dict(fault)
         sim.inject(parsed)
     return sim
+
+
+def build_rig(rig: RigFile, clock: Clock) -> dict[str, Any]:
+    """Every device of a rig, serial simulators first so cameras can name their incubator."""
+    built: dict[str, Any] = {}
+    ordered = sorted(rig.devices.items(), key=lambda item: item[1].protocol == CAMERA_PROTOCOL)
+    for name, device in ordered:
+        built[name] = build_simulator(name, device, clock, built)
+    return {name: built[name] for name in rig.devices}
 
 
 def parse_fault(kind: str, **settings: Any) -> Fault:

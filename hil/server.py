@@ -17,7 +17,7 @@ from kiboauto.clock import Clock
 
 from .base import Fault, Simulator
 from .ptyport import PtyPort, Rfc2217Port, TcpPort
-from .rig import CAMERA_PROTOCOL, RigFile, build_simulator
+from .rig import CAMERA_PROTOCOL, RigFile, build_rig
 
 __all__ = ["HilServer"]
 
@@ -42,8 +42,8 @@ class HilServer:
 
     async def start(self) -> None:
         try:
-            for name, device in self.rig.devices.items():
-                sim = build_simulator(name, device, self.clock)
+            for name, sim in build_rig(self.rig, self.clock).items():
+                device = self.rig.devices[name]
                 if device.protocol == CAMERA_PROTOCOL:
                     await sim.connect()
                     self.cameras[name] = sim
@@ -84,11 +84,14 @@ class HilServer:
             if name in self.rfc2217s:
                 entry["rfc2217"] = self.rfc2217s[name].url
             out[name] = entry
-        for name in self.cameras:
+        for name, camera in self.cameras.items():
+            base = f"http://{self.host}:{self.http_port}/{name}"
             out[name] = {
-                "port": f"http://{self.host}:{self.http_port}/{name}.png",
+                "port": f"{base}.png",
                 "protocol": CAMERA_PROTOCOL,
                 "kind": "camera",
+                "cells": len(getattr(camera, "cells", ())) or 1,
+                "cell_url": base + "/cell/{n}.png",
             }
         out["_control"] = {"port": f"{self.host}:{self.control_port}", "protocol": "hil-control"}
         return out
@@ -102,15 +105,35 @@ class HilServer:
             line = request.split(b"\r\n", 1)[0].decode("latin-1")
             parts = line.split()
             path = parts[1] if len(parts) >= 2 else "/"
-            name = path.strip("/").split("?")[0].removesuffix(".png")
+            # /NAME.png: the selected cell; /NAME/cell/N.png: cell N; /NAME/cell/N.json: its truth
+            route = path.split("?")[0].strip("/")
+            name, cell, what = route.removesuffix(".png"), None, "png"
+            pieces = route.split("/")
+            if len(pieces) == 3 and pieces[1] == "cell":
+                stem, _, ext = pieces[2].partition(".")
+                if stem.isdigit() and ext in ("png", "json"):
+                    name, cell, what = pieces[0], int(stem), ext
+                else:
+                    name = ""
             camera = self.cameras.get(name)
+            cells = len(getattr(camera, "cells", ())) or 1
             if len(parts) < 2 or parts[0] != "GET" or camera is None:
                 body = f"no camera at {path}; cameras: {sorted(self.cameras)}\n".encode()
                 head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            elif cell is not None and not 1 <= cell <= cells:
+                body = f"{name} has no cell {cell} (cells 1..{cells})\n".encode()
+                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            elif what == "json":
+                truth = camera.truth(cell)
+                body = (json.dumps(truth.to_dict()) + "\n").encode()
+                head = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
             else:
                 import cv2
 
-                frame = await camera.capture()
+                if cell is None:
+                    frame = await camera.capture()
+                else:
+                    frame = await camera.capture_cell(cell)
                 ok, encoded = cv2.imencode(".png", frame)
                 if not ok:
                     raise RuntimeError("PNG encoding failed")

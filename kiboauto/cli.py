@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 hil_app = typer.Typer(
     help="Hardware-in-the-loop: simulated devices that speak the real wire protocols.",
@@ -80,9 +81,9 @@ def probe(
 
     Examples:
 
-      kiboauto probe                          # the built-in simulated rig
-      kiboauto probe --station bench.yaml     # real pumps on /dev/ttyUSB*
-      kiboauto hil serve > ports.json &  kiboauto probe --hil-ports ports.json
+        kiboauto probe                          # the built-in simulated rig
+        kiboauto probe --station bench.yaml     # real pumps on /dev/ttyUSB*
+        kiboauto hil serve > ports.json &  kiboauto probe --hil-ports ports.json
     """
     from kiboauto.station import default_station, load_station, station_from_hil_ports
 
@@ -160,6 +161,108 @@ async def _probe(spec: Any, clock: Clock, timeout: float) -> list[dict[str, Any]
                 }
             )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def inspect(
+    images: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Drop images (PNG, JPEG, TIFF; 8 or 16 bit; grey or colour)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per image, one per line.")
+    ] = False,
+    overlay_dir: Annotated[
+        Path | None,
+        typer.Option("--overlay", help="Write an annotated PNG per image into this folder."),
+    ] = None,
+    um_per_px: Annotated[
+        float, typer.Option("--um-per-px", help="Image scale in micrometres per pixel.", min=0)
+    ] = 1.0,
+    track_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--track",
+            help="A folder holding one growth cell's images over time: track the crystals, "
+            "print the growth report and write the growth plot.",
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Where --track writes its PNG plot (default: TRACK_DIR/growth.png)."),
+    ] = None,
+    interval_h: Annotated[
+        float,
+        typer.Option(
+            "--interval-h",
+            help="Hours between images for --track when the file names carry no _t<N>h time.",
+            min=0,
+        ),
+    ] = 1.0,
+) -> None:
+    """Classify drop images (crystals, precipitate, clear, other) and measure every crystal.
+
+    With --json each image gives one line: {"image", "class", "confidence", "count",
+    "max_length_um", "crystals": [...], "latency_ms"}; latency_ms is the inspection alone, not
+    reading or decoding the file. A file that cannot be read gives {"image", "error"} and the
+    others go on; the exit code is 1 if any file failed.
+
+    Examples:
+
+        kiboauto inspect drops/*.png --um-per-px 2.0
+        kiboauto inspect drops/*.jpg --json --overlay out/
+        kiboauto inspect --track cell03/ --um-per-px 2.0   # cell03_t0h.png, cell03_t6h.png...
+    """
+    from kiboauto.inspect_cmd import inspect_files, json_line, track_directory
+
+    if um_per_px <= 0:
+        raise _fail("--um-per-px must be > 0")
+    if not images and track_dir is None:
+        raise _fail("give image files, or --track DIR (see --help)")
+    failed = False
+    if images:
+        table = Table(title="kiboauto inspect")
+        for col in ("image", "class", "confidence", "crystals", "max length µm", "ms"):
+            table.add_column(col)
+        for outcome in inspect_files(images, um_per_px=um_per_px, overlay_dir=overlay_dir):
+            record = outcome.to_json()
+            failed = failed or not outcome.ok
+            if as_json:
+                sys.stdout.write(json_line(record) + "\n")
+                sys.stdout.flush()
+            elif outcome.ok:
+                table.add_row(
+                    str(outcome.path),
+                    record["class"],
+                    f"{record['confidence']:.2f}",
+                    str(record["count"]),
+                    f"{record['max_length_um']:.0f}",
+                    f"{outcome.latency_ms:.1f}",
+                )
+            else:
+                table.add_row(str(outcome.path), f"[red]{escape(outcome.error)}[/]", "", "", "", "")
+        if not as_json:
+            (out if out.is_terminal else Console(width=200)).print(table)
+    if track_dir is not None:
+        if not track_dir.is_dir():
+            raise _fail(f"--track {track_dir}: not a folder")
+        target = plot or track_dir / "growth.png"
+        report, outcomes = track_directory(
+            track_dir, um_per_px=um_per_px, interval_s=interval_h * 3600.0, plot=target
+        )
+        for outcome in outcomes:
+            if not outcome.ok:
+                failed = True
+                err.print("[red]skipped:[/]", escape(outcome.error))
+        report["plot"] = str(target)
+        sys.stdout.write(json.dumps(report, indent=None if as_json else 2) + "\n")
+        if not as_json:
+            err.print(f"growth plot written to {target}")
+    if failed:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -157,20 +157,31 @@ class OpenStation:
     trace: ByteTrace = field(default_factory=ByteTrace)
 
 
-def build_device(name: str, spec: StationDevice, clock: Clock, trace: ByteTrace) -> tuple[Any, Any]:
-    """Construct (not connect) the driver for one station device; returns (driver, simulator)."""
+def build_device(
+    name: str,
+    spec: StationDevice,
+    clock: Clock,
+    trace: ByteTrace,
+    simulators: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """Construct (not connect) the driver for one station device; returns (driver, simulator).
+
+    ``simulators``: the in-process simulators built so far (a simulated camera may name one as
+    the incubator whose temperature drives its crystals' growth).
+    """
+    from kiboauto.hil.rig import CAMERA_PROTOCOL, RigDevice, build_simulator
+
     cls = _import(DRIVERS[spec.driver])
     simulator: Any = None
     if spec.driver == CAMERA_DRIVER:
         if spec.port == SIM:
-            from kiboauto.hil.camera_sim import SimCamera
-
-            return SimCamera(name, clock=clock, seed=spec.sim.seed, **spec.sim.options), None
+            camera_spec = RigDevice(
+                protocol=CAMERA_PROTOCOL, options=spec.sim.options, seed=spec.sim.seed
+            )
+            return build_simulator(name, camera_spec, clock, simulators), None
         return cls(name, spec.port, clock=clock, **spec.options), None
     baudrate: int = spec.baudrate or int(getattr(cls, "default_baudrate", 9600))
     if spec.port == SIM:
-        from kiboauto.hil.rig import RigDevice, build_simulator
-
         simulator = build_simulator(
             name,
             RigDevice(
@@ -200,9 +211,14 @@ async def open_station(
     """
     opened = OpenStation(trace=trace if trace is not None else ByteTrace())
     try:
-        for name, spec in station.devices.items():
+        # Simulated cameras last: they may take their temperature from a simulated incubator.
+        ordered = sorted(
+            station.devices.items(),
+            key=lambda item: item[1].driver == CAMERA_DRIVER and item[1].port == SIM,
+        )
+        for name, spec in ordered:
             try:
-                device, sim = build_device(name, spec, clock, opened.trace)
+                device, sim = build_device(name, spec, clock, opened.trace, opened.simulators)
             except (TypeError, ValueError) as e:
                 opened.failures[name] = DeviceError(name, f"bad station settings: {e}")
                 continue

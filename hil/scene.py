@@ -1,0 +1,631 @@
+"""Rendered images of crystallisation drops, with exact ground truth (docs/hil-camera.md).
+
+:func:`render` turns a :class:`SceneSpec` into an image and a :class:`SceneTruth`. The image is a
+bright-field view of one well: uneven illumination, the dark ring of the well wall, a drop with an
+irregular edge and a dark meniscus, and what the drop holds: crystals (convex polyhedra drawn facet
+by facet), precipitate (fine grain and amorphous clouds), a wrinkled skin, bubbles (dark rims,
+bright centres), fibres (long thin curves), oil droplets (phase separation) or the cracks of a
+dried drop. Then optical blur, sensor noise, quantisation to 8 or 16 bits and optional JPEG
+artefacts. Everything is drawn from the seed through independent random streams, so the same spec
+gives the same image bit for bit, and a growth cell can change crystal sizes without moving
+anything else.
+
+Coordinates: x to the right, y down, pixel centres at integers (OpenCV's drawing convention).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, cast
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from .scene_cells import render_cells
+from .scene_crystals import (
+    HABITS,
+    build_crystal,
+    draw_member,
+    feret,
+    hull,
+    polygon_area_centroid,
+    union_outline,
+)
+
+__all__ = [
+    "DROP_CLASSES",
+    "HABITS",
+    "OTHER_KINDS",
+    "CrystalTruth",
+    "DropClass",
+    "SceneSpec",
+    "SceneTruth",
+    "random_spec",
+    "render",
+    "render_cells",
+]
+
+DropClass = Literal["crystals", "precipitate", "clear", "other"]
+DROP_CLASSES: tuple[DropClass, ...] = ("crystals", "precipitate", "clear", "other")
+#: what an "other" drop shows instead of crystals or precipitate
+OTHER_KINDS = ("skin", "fibres", "dried", "phase")
+#: a drop with at least this many fibres counts as "other" (fewer: still "clear")
+FIBRE_TANGLE = 5
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class CrystalTruth:
+    """One crystal as it appears in the image (a cluster is one crystal: its overall outline).
+
+    ``id``: 1-based index of the crystal in the spec (stable while it grows in a growth cell);
+
+    ``longest_um``: max Feret diameter of the outline x ``um_per_px``; ``aspect``: max Feret /
+    min Feret width; ``angle_deg``: direction of the max Feret diameter, degrees in [0, 180) from
+    +x towards +y (image down); ``bbox_px``: integer (x, y, w, h) enclosing the outline.
+    """
+
+    id: int
+    habit: str
+    centroid_px: tuple[float, float]
+    bbox_px: tuple[int, int, int, int]
+    area_px: float
+    longest_um: float
+    aspect: float
+    angle_deg: float
+    polygon_px: list[tuple[float, float]]
+    size_um: float = 0.0  # the 3-D size asked for (the growth model's size)
+
+
+@dataclass(frozen=True)
+class SceneTruth:
+    """What the image shows, exactly."""
+
+    drop_class: DropClass
+    crystals: list[CrystalTruth]
+    um_per_px: float
+    well_center_px: tuple[float, float]
+    well_radius_px: float
+    drop_polygon_px: list[tuple[float, float]]
+    distractors: dict[str, int]
+    other: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """Everything that determines one image. ``None`` fields are drawn from the seed to suit
+    ``drop_class``; explicit values win (the truth's class then follows what was drawn)."""
+
+    width: int = 1280
+    height: int = 960
+    um_per_px: float = 2.0
+    seed: int = 0
+    drop_class: DropClass = "crystals"
+    crystals: int | None = None
+    habits: tuple[str, ...] = HABITS
+    crystal_sizes_um: tuple[float, ...] | None = None  # per crystal; 0: not (yet) there
+    crystal_habits: tuple[str, ...] | None = None  # per crystal (else drawn from ``habits``)
+    crystal_max_um: tuple[float, ...] | None = None  # per crystal: room kept for it (growth)
+    size_range_um: tuple[float, float] = (30.0, 250.0)
+    precipitate: float | None = None  # 0..1
+    skin: bool | None = None
+    bubbles: int | None = None
+    fibres: int | None = None
+    other: str | None = None  # one of OTHER_KINDS (for drop_class "other")
+    illumination: float = 0.25  # strength of the lighting gradient and vignette
+    brightness: float = 0.82  # mean level of the clear well bottom (fraction of full scale)
+    light_angle_deg: float | None = None
+    blur_px: float = 0.8  # Gaussian sigma of the optics
+    noise: float = 2.0  # sensor noise sigma in 8-bit grey levels at full scale
+    jpeg_quality: int | None = None  # 8-bit only
+    colour: bool = False  # BGR with polarised-light colours of birefringent crystals
+    bit_depth: int = 8
+    noise_seed: int | None = None  # per-frame noise (a camera changes it each capture)
+
+    def __post_init__(self) -> None:
+        if not (64 <= self.width <= 8192 and 64 <= self.height <= 8192):
+            raise ValueError(f"image size must be 64..8192, got {self.width}x{self.height}")
+        if self.um_per_px <= 0:
+            raise ValueError("um_per_px must be > 0")
+        if self.drop_class not in DROP_CLASSES:
+            raise ValueError(f"drop_class must be one of {DROP_CLASSES}")
+        if self.bit_depth not in (8, 16):
+            raise ValueError("bit_depth must be 8 or 16")
+        for h in (*self.habits, *(self.crystal_habits or ())):
+            if h not in HABITS:
+                raise ValueError(f"unknown habit {h!r}; known: {HABITS}")
+        if not self.habits:
+            raise ValueError("habits must not be empty")
+        if self.other is not None and self.other not in OTHER_KINDS:
+            raise ValueError(f"other must be one of {OTHER_KINDS}")
+        if self.precipitate is not None and not 0 <= self.precipitate <= 1:
+            raise ValueError("precipitate must be in 0..1")
+        lo, hi = self.size_range_um
+        if not 0 < lo <= hi:
+            raise ValueError("size_range_um must be (min, max) with 0 < min <= max")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("jpeg_quality must be 1..100")
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *stream])
+
+
+# -- resolving the spec ---------------------------------------------------------------------------
+@dataclass
+class _Content:
+    n_crystals: int
+    precipitate: float
+    skin: bool
+    bubbles: int
+    fibres: int
+    other: str | None
+
+
+def _content(spec: SceneSpec) -> _Content:
+    r = _rng(spec.seed, 11)
+    draws = r.uniform(0, 1, 8)
+    counts = r.integers(0, 1000, 8)
+    cls = spec.drop_class
+    other = spec.other
+    if cls == "other" and other is None:
+        other = OTHER_KINDS[int(counts[0]) % len(OTHER_KINDS)]
+    if cls == "crystals":
+        n, p = 1 + int(counts[1]) % 6, (0.05 + 0.25 * draws[0]) if draws[1] < 0.3 else 0.0
+        skin, bubbles, fibres = bool(draws[2] < 0.1), int(counts[2]) % 3, int(counts[3]) % 2
+    elif cls == "precipitate":
+        n, p = 0, 0.3 + 0.7 * draws[0]
+        skin, bubbles, fibres = bool(draws[2] < 0.15), int(counts[2]) % 3, int(counts[3]) % 2
+    elif cls == "clear":
+        n, p, skin, bubbles, fibres = 0, 0.0, False, int(counts[2]) % 4, int(counts[3]) % 3
+    else:
+        n, p, bubbles = 0, 0.0, int(counts[2]) % 3
+        skin = other == "skin"
+        fibres = FIBRE_TANGLE + int(counts[3]) % 8 if other == "fibres" else int(counts[3]) % 2
+    if spec.crystal_sizes_um is not None:
+        n = len(spec.crystal_sizes_um)
+    elif spec.crystals is not None:
+        n = int(spec.crystals)
+    return _Content(
+        n_crystals=max(0, n),
+        precipitate=float(spec.precipitate if spec.precipitate is not None else p),
+        skin=bool(spec.skin if spec.skin is not None else skin),
+        bubbles=max(0, int(spec.bubbles if spec.bubbles is not None else bubbles)),
+        fibres=max(0, int(spec.fibres if spec.fibres is not None else fibres)),
+        other=other if other in ("dried", "phase", "skin", "fibres") else None,
+    )
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell_px: float) -> F32:
+    """Zero-mean, unit-sigma noise varying over about ``cell_px`` pixels."""
+    gh, gw = max(2, int(h / cell_px) + 3), max(2, int(w / cell_px) + 3)
+    small = rng.standard_normal((gh, gw)).astype(np.float32)
+    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    big -= big.mean()
+    return cast(F32, big / max(float(big.std()), 1e-6))
+
+
+def _draw_polyline(
+    layer: F32, pts: F64, value: float, thickness: int, closed: bool = False
+) -> None:
+    q = np.round(pts * 16).astype(np.int32)
+    cv2.polylines(layer, [q], closed, float(value), thickness, cv2.LINE_AA, shift=4)
+
+
+@dataclass
+class _Geometry:
+    well_c: tuple[float, float]
+    well_r: float
+    drop_c: tuple[float, float]
+    drop_poly: F64
+    drop_rmin: float
+    light_angle: float
+
+
+def _geometry(spec: SceneSpec) -> _Geometry:
+    g = _rng(spec.seed, 1)
+    w, h = spec.width, spec.height
+    short = min(w, h)
+    well_c = (w / 2 + g.uniform(-0.03, 0.03) * short, h / 2 + g.uniform(-0.03, 0.03) * short)
+    well_r = short * g.uniform(0.44, 0.48)
+    r0 = well_r * g.uniform(0.58, 0.72)
+    off, off_a = g.uniform(0, 0.1) * well_r, g.uniform(0, 2 * math.pi)
+    drop_c = (well_c[0] + off * math.cos(off_a), well_c[1] + off * math.sin(off_a))
+    theta = np.linspace(0, 2 * math.pi, 360, endpoint=False)
+    radius = np.full_like(theta, r0)
+    for k in range(2, 10):
+        radius += r0 * g.uniform(0, 0.045) / k**0.8 * np.cos(k * theta + g.uniform(0, 2 * math.pi))
+    radius *= min(1.0, (well_r * 0.93 - off) / float(radius.max()))
+    poly = np.column_stack([drop_c[0] + radius * np.cos(theta), drop_c[1] + radius * np.sin(theta)])
+    angle = g.uniform(0, 2 * math.pi)
+    if spec.light_angle_deg is not None:
+        angle = math.radians(spec.light_angle_deg)
+    return _Geometry(well_c, float(well_r), drop_c, poly, float(radius.min()), angle)
+
+
+# -- layers ------------------------------------------------------------------------------------
+def _illumination(spec: SceneSpec, geo: _Geometry) -> F32:
+    w, h = spec.width, spec.height
+    sw, sh = max(8, w // 8), max(8, h // 8)
+    ys, xs = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    xs = (xs + 0.5) * (w / sw)
+    ys = (ys + 0.5) * (h / sh)
+    span = float(max(w, h))
+    ux, uy = math.cos(geo.light_angle), math.sin(geo.light_angle)
+    s = spec.illumination
+    linear = 1.0 + 0.6 * s * (((xs - w / 2) * ux + (ys - h / 2) * uy) / span)
+    rho = np.hypot(xs - geo.well_c[0], ys - geo.well_c[1]) / (0.7 * span)
+    vignette = 1.0 - 0.9 * s * rho**2
+    small = (spec.brightness * linear * vignette).astype(np.float32)
+    return cast(F32, cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
+
+
+def _well_and_drop(spec: SceneSpec, geo: _Geometry, r: np.random.Generator) -> tuple[F32, Any]:
+    """Transmission of well and drop (1 = clear) and the drop mask (uint8)."""
+    w, h = spec.width, spec.height
+    short = min(w, h)
+    yy, xx = np.ogrid[0:h, 0:w]
+    rr = np.hypot((xx - geo.well_c[0]).astype(np.float32), (yy - geo.well_c[1]).astype(np.float32))
+    wr, ww = geo.well_r, max(2.0, 0.028 * short)
+    knots_x = [0, wr - 2.6 * ww, wr - 2.0 * ww, wr - 1.6 * ww, wr - 0.8 * ww, wr, wr + 0.7 * ww]
+    knots_x += [wr + 1.4 * ww, 1e9]
+    knots_y = [1.0, 1.0, 1.12, 0.92, 0.45, 0.16, 0.30, 0.52, 0.55]
+    trans = np.interp(rr, knots_x, knots_y).astype(np.float32)
+    outside = rr > wr
+    plastic = _smooth_noise(r, h, w, short / 20)
+    trans = np.where(outside, trans * (1.0 + 0.06 * plastic), trans).astype(np.float32)
+
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.round(geo.drop_poly * 16).astype(np.int32)], 255, cv2.LINE_8, shift=4)
+    dist_in = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    dist_out = cv2.distanceTransform(255 - mask, cv2.DIST_L2, 5)
+    m = max(3.0, 0.13 * geo.drop_rmin)
+    inside = np.interp(dist_in, [0, 0.12 * m, 0.45 * m, m, 1e9], [0.28, 0.5, 0.82, 0.95, 0.96])
+    rim = 1.0 + 0.10 * np.exp(-((dist_out / 1.5) ** 2))
+    factor = np.where(mask > 0, inside, rim).astype(np.float32)
+    return cast(F32, trans * factor), mask
+
+
+def _skin(spec: SceneSpec, r: np.random.Generator, mask: Any, layer: F32) -> None:
+    h, w = mask.shape
+    short = min(w, h)
+    n = _smooth_noise(r, h, w, short / 10)
+    warp = _smooth_noise(r, h, w, short / 40)
+    wr = np.cos(2 * math.pi * 2.8 * n + 1.5 * warp)
+    lines = np.exp(-(1.0 - wr) / 0.12) * (0.6 + 0.4 * np.tanh(_smooth_noise(r, h, w, short / 15)))
+    texture = _smooth_noise(r, h, w, 3.0)
+    soft = cv2.GaussianBlur((mask > 0).astype(np.float32), (0, 0), max(1.0, short / 150))
+    layer *= (1.0 - soft * (0.06 + 0.22 * lines + 0.025 * texture)).astype(np.float32)
+
+
+def _precipitate(
+    spec: SceneSpec, r: np.random.Generator, mask: Any, geo: _Geometry, amount: float, layer: F32
+) -> tuple[int, int]:
+    """Fine grain and amorphous clouds inside the drop; returns (particles, clouds)."""
+    if amount <= 0:
+        return 0, 0
+    h, w = mask.shape
+    short = min(w, h)
+    density = _smooth_noise(r, h, w, short / 8)
+    area = float((mask > 0).sum())
+    want = int(amount * area / 30)
+    xs = r.uniform(0, w - 1, want * 3)
+    ys = r.uniform(0, h - 1, want * 3)
+    xi, yi = xs.astype(np.int64), ys.astype(np.int64)
+    keep = (mask[yi, xi] > 0) & (r.uniform(0, 1, len(xs)) < 0.5 + 0.3 * density[yi, xi])
+    xi, yi = xi[keep][:want], yi[keep][:want]
+    grains = np.zeros((h, w), np.float32)
+    np.add.at(grains, (yi, xi), r.uniform(0.6, 1.6, len(xi)).astype(np.float32))
+    grains = cv2.GaussianBlur(grains, (0, 0), 0.7)
+    layer *= np.exp(-1.8 * grains).astype(np.float32)
+    # amorphous clouds: soft brown-grey patches where a slow noise field is high
+    cloud = _smooth_noise(r, h, w, short / 12)
+    level = np.clip((cloud - (1.3 - 1.1 * amount)) / 0.8, 0, 1) * (mask > 0)
+    clouds = 0
+    if level.max() > 0:
+        fine = _smooth_noise(r, h, w, 2.5)
+        layer *= (1.0 - level * (0.35 + 0.12 * fine)).astype(np.float32)
+        small = cv2.resize((level > 0.3).astype(np.uint8), (max(1, w // 4), max(1, h // 4)))
+        clouds = int(cv2.connectedComponents(small)[0]) - 1
+    return len(xi), clouds
+
+
+def _fibres(r: np.random.Generator, geo: _Geometry, count: int, layer: F32, short: int) -> None:
+    for _ in range(count):
+        a = r.uniform(0, 2 * math.pi)
+        d = geo.well_r * math.sqrt(r.uniform(0, 0.8))
+        start = np.array([geo.well_c[0] + d * math.cos(a), geo.well_c[1] + d * math.sin(a)])
+        length = geo.well_r * r.uniform(0.3, 0.9)
+        heading = r.uniform(0, 2 * math.pi)
+        bend = r.uniform(-1.5, 1.5)
+        t = np.linspace(0, 1, 80)[:, None]
+        angle = heading + bend * t + 0.3 * np.sin(6 * t * r.uniform(0.5, 2) + r.uniform(0, 6))
+        steps = np.column_stack([np.cos(angle[:, 0]), np.sin(angle[:, 0])]) * (length / 80)
+        pts = start + np.cumsum(steps, axis=0)
+        thick = 1 if short < 1500 else 2
+        _draw_polyline(layer, pts, r.uniform(0.35, 0.6), thick)
+
+
+def _oil(r: np.random.Generator, geo: _Geometry, layer: F32, short: int) -> int:
+    n = int(r.integers(15, 60))
+    for _ in range(n):
+        rad = max(1.5, short * r.uniform(0.004, 0.035))
+        d = (geo.drop_rmin - rad) * math.sqrt(r.uniform(0, 0.95))
+        a = r.uniform(0, 2 * math.pi)
+        c = np.array([geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)])
+        q = tuple(int(v) for v in np.round(c * 16))
+        cv2.circle(layer, q, int(rad * 16), 1.12, -1, cv2.LINE_AA, shift=4)
+        cv2.circle(layer, q, int(rad * 16), 0.5, max(1, int(rad / 8)), cv2.LINE_AA, shift=4)
+    return n
+
+
+def _cracks(r: np.random.Generator, geo: _Geometry, mask: Any, layer: F32, short: int) -> int:
+    h, w = mask.shape
+    mottle = _smooth_noise(r, h, w, short / 25)
+    layer *= np.where(mask > 0, 0.82 + 0.06 * mottle, 1.0).astype(np.float32)
+    n = int(r.integers(12, 30))
+    for _ in range(n):
+        d = geo.drop_rmin * math.sqrt(r.uniform(0, 0.9))
+        a = r.uniform(0, 2 * math.pi)
+        p = np.array([geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)])
+        heading = r.uniform(0, 2 * math.pi)
+        pts = [p.copy()]
+        for _ in range(int(r.integers(4, 12))):
+            heading += r.uniform(-0.6, 0.6)
+            step = geo.drop_rmin * r.uniform(0.03, 0.09)
+            p = p + step * np.array([math.cos(heading), math.sin(heading)])
+            pts.append(p.copy())
+        _draw_polyline(layer, np.array(pts), 0.3, 1)
+    return n
+
+
+def _bubbles(
+    r: np.random.Generator, geo: _Geometry, count: int, avoid: list[tuple[float, float, float]],
+    layer: F32, short: int,
+) -> int:  # fmt: skip
+    h, w = layer.shape
+    placed = 0
+    for _ in range(count):
+        rad = max(4.0, short * r.uniform(0.02, 0.065))
+        for _try in range(40):
+            d = max(0.0, geo.drop_rmin - rad) * math.sqrt(r.uniform(0, 1))
+            a = r.uniform(0, 2 * math.pi)
+            cx, cy = geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)
+            if all(math.hypot(cx - x, cy - y) > rad + rr + 2 for x, y, rr in avoid):
+                break
+        else:
+            continue
+        avoid.append((cx, cy, rad))
+        x0, x1 = max(0, int(cx - rad - 3)), min(w, int(cx + rad + 4))
+        y0, y1 = max(0, int(cy - rad - 3)), min(h, int(cy + rad + 4))
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dist = np.hypot(xx - cx, yy - cy)
+        hx, hy = cx - 0.25 * rad, cy - 0.25 * rad
+        inside = dist <= rad
+        rim = np.exp(-(((rad - dist) / (0.2 * rad)) ** 2))
+        spot = np.exp(-((np.hypot(xx - hx, yy - hy) / (0.16 * rad)) ** 2))
+        halo = np.exp(-(((dist - rad) / 1.2) ** 2))
+        f = np.where(inside, 1.04 - 0.85 * rim + 0.45 * spot, 1.0 + 0.15 * halo)
+        layer[y0:y1, x0:x1] *= f.astype(np.float32)
+        placed += 1
+    return placed
+
+
+# -- crystals ----------------------------------------------------------------------------------
+@dataclass
+class _Crystal:
+    index: int
+    habit: str
+    centre: tuple[float, float]
+    place_r: float
+    size_um: float
+    members: list[Any] = field(default_factory=list)
+    body: float = 0.9
+    birefringence: float = 0.006
+    phase: float = 0.0
+
+
+def _plan_crystals(spec: SceneSpec, geo: _Geometry, n: int) -> list[_Crystal]:
+    """Positions, habits and shapes; fixed by the seed whatever the sizes (so growth is smooth)."""
+    habits_given = spec.crystal_habits
+    cap_px = 0.9 * geo.drop_rmin  # no crystal longer than this: it must fit in the drop
+    out: list[_Crystal] = []
+    taken: list[tuple[float, float, float]] = []
+    for i in range(n):
+        cr = _rng(spec.seed, 101, i)
+        habit = str(spec.habits[int(cr.integers(0, len(spec.habits)))])
+        if habits_given is not None and i < len(habits_given):
+            habit = habits_given[i]
+        drawn = float(cr.uniform(*spec.size_range_um))
+        size = drawn
+        if spec.crystal_sizes_um is not None:
+            size = float(spec.crystal_sizes_um[i])
+        room_um = size
+        if spec.crystal_max_um is not None and i < len(spec.crystal_max_um):
+            room_um = max(size, float(spec.crystal_max_um[i]))
+        place_r = 0.72 * min(room_um / spec.um_per_px, cap_px)
+        members = build_crystal(habit, cr)
+        body = float(cr.uniform(0.82, 1.0))
+        biref = float(cr.uniform(0.003, 0.012))
+        phase = float(cr.uniform(0, math.pi))
+        spot: tuple[float, float] | None = None
+        room = max(0.0, 0.97 * geo.drop_rmin - place_r)
+        for _try in range(60):
+            d = room * math.sqrt(cr.uniform(0, 1))
+            a = cr.uniform(0, 2 * math.pi)
+            x, y = geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)
+            if all(math.hypot(x - tx, y - ty) > 1.05 * (place_r + tr) for tx, ty, tr in taken):
+                spot = (x, y)
+                break
+        if spot is None:
+            continue  # no room left in the drop: this crystal does not exist
+        taken.append((spot[0], spot[1], place_r))
+        out.append(_Crystal(i, habit, spot, place_r, size, members, body, biref, phase))
+    return out
+
+
+def _interference_bgr(retardation_nm: float) -> tuple[float, float, float]:
+    """A rough Michel-Levy colour: transmission of blue, green and red between crossed polars."""
+    return tuple(  # type: ignore[return-value]
+        float(math.sin(math.pi * retardation_nm / lam) ** 2) for lam in (450.0, 550.0, 650.0)
+    )
+
+
+def _draw_crystals(
+    spec: SceneSpec, crystals: list[_Crystal], layer: F32, colour: F32 | None
+) -> list[CrystalTruth]:
+    truths: list[CrystalTruth] = []
+    for c in crystals:
+        # the projected outline lies within 0.71 x length of the centre: place_r keeps it apart
+        length_px = min(c.size_um / spec.um_per_px, c.place_r / 0.72)
+        if length_px < 2.0:
+            continue  # a nucleus below two pixels is not visible: not drawn, not in the truth
+        line_px = max(1, round(length_px / 60))
+        hulls: list[F64] = []
+        members = sorted(c.members, key=lambda m: float(m.vertices[:, 2].mean()))
+        for m in members:
+            v = m.vertices * length_px
+            v = v + np.array([c.centre[0], c.centre[1], 0.0])
+            draw_member(layer, v, m.faces, c.body, line_px)
+            hulls.append(hull(v[:, :2]))
+        outline = hulls[0] if len(hulls) == 1 else union_outline(hulls)
+        q = np.round(outline * 16).astype(np.int32)
+        cv2.polylines(layer, [q], True, 0.18 * c.body, line_px, cv2.LINE_AA, shift=4)
+        if colour is not None:
+            thickness_um = length_px * spec.um_per_px * (0.15 if c.habit == "plate" else 0.4)
+            tint = _interference_bgr(thickness_um * c.birefringence * 1000.0)
+            strength = 0.35 + 0.5 * math.sin(2 * c.phase) ** 2
+            bgr = tuple(float(1.0 + strength * (2.2 * t - 0.8)) for t in tint)
+            cv2.fillPoly(colour, [q], bgr, cv2.LINE_AA, shift=4)
+        area, centroid = polygon_area_centroid(outline)
+        longest, width, angle = feret(outline)
+        x0, y0 = (math.floor(v) for v in outline.min(axis=0))
+        x1, y1 = (math.ceil(v) for v in outline.max(axis=0))
+        truths.append(
+            CrystalTruth(
+                id=c.index + 1,
+                habit=c.habit,
+                centroid_px=centroid,
+                bbox_px=(x0, y0, x1 - x0 + 1, y1 - y0 + 1),
+                area_px=area,
+                longest_um=longest * spec.um_per_px,
+                aspect=longest / width if width > 0 else float("inf"),
+                angle_deg=angle,
+                polygon_px=[(float(x), float(y)) for x, y in outline],
+                size_um=length_px * spec.um_per_px,
+            )
+        )
+    return truths
+
+
+# -- the renderer ----------------------------------------------------------------------------------
+def render(spec: SceneSpec) -> tuple[npt.NDArray[Any], SceneTruth]:
+    """The image (uint8/uint16, grey ``(H, W)`` or BGR ``(H, W, 3)``) and its exact truth."""
+    w, h = spec.width, spec.height
+    short = min(w, h)
+    content = _content(spec)
+    geo = _geometry(spec)
+    light = _illumination(spec, geo)
+    trans, mask = _well_and_drop(spec, geo, _rng(spec.seed, 2))
+    distractors: dict[str, int] = {
+        "bubbles": 0, "fibres": 0, "skin": 0, "precipitate_particles": 0,
+        "precipitate_clouds": 0, "oil_droplets": 0, "cracks": 0,
+    }  # fmt: skip
+    if content.other == "dried":
+        distractors["cracks"] = _cracks(_rng(spec.seed, 3), geo, mask, trans, short)
+    if content.skin:
+        _skin(spec, _rng(spec.seed, 4), mask, trans)
+        distractors["skin"] = 1
+    particles, clouds = _precipitate(
+        spec, _rng(spec.seed, 5), mask, geo, content.precipitate, trans
+    )
+    distractors["precipitate_particles"], distractors["precipitate_clouds"] = particles, clouds
+    if content.other == "phase":
+        distractors["oil_droplets"] = _oil(_rng(spec.seed, 6), geo, trans, short)
+    _fibres(_rng(spec.seed, 7), geo, content.fibres, trans, short)
+    distractors["fibres"] = content.fibres
+    planned = _plan_crystals(spec, geo, content.n_crystals)
+    avoid = [(c.centre[0], c.centre[1], c.place_r) for c in planned]
+    distractors["bubbles"] = _bubbles(_rng(spec.seed, 8), geo, content.bubbles, avoid, trans, short)
+    colour = np.ones((h, w, 3), np.float32) if spec.colour else None
+    truths = _draw_crystals(spec, planned, trans, colour)
+
+    img = light * trans
+    if spec.blur_px > 0:
+        img = np.asarray(cv2.GaussianBlur(img, (0, 0), spec.blur_px), dtype=np.float32)
+    if colour is not None:
+        if spec.blur_px > 0:
+            colour = np.asarray(cv2.GaussianBlur(colour, (0, 0), spec.blur_px), np.float32)
+        white = np.array([0.88, 0.97, 1.0], np.float32)  # a warm lamp, seen in BGR
+        img = img[..., None] * white * colour
+    full = 255.0 if spec.bit_depth == 8 else 65535.0
+    img = img * np.float32(full)
+    if spec.noise > 0:
+        nr = _rng(spec.seed, 9, 0 if spec.noise_seed is None else int(spec.noise_seed) + 1)
+        sigma = np.float32(spec.noise * full / 255.0)
+        shot = np.sqrt(np.clip(img / np.float32(full), 0, None)) * np.float32(0.7) + np.float32(0.3)
+        img = img + nr.standard_normal(img.shape, dtype=np.float32) * sigma * shot
+    dtype = np.uint8 if spec.bit_depth == 8 else np.uint16
+    out = np.clip(img + 0.5, 0, full).astype(dtype)
+    if spec.jpeg_quality is not None and spec.bit_depth == 8:
+        ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(spec.jpeg_quality)])
+        if ok:
+            out = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+
+    drop_class: DropClass
+    if truths:
+        drop_class = "crystals"
+    elif particles > 0 or clouds > 0:
+        drop_class = "precipitate"
+    elif content.skin or content.other in ("dried", "phase") or content.fibres >= FIBRE_TANGLE:
+        drop_class = "other"
+    else:
+        drop_class = "clear"
+    other = None
+    if drop_class == "other":
+        other = content.other or ("skin" if content.skin else "fibres")
+    truth = SceneTruth(
+        drop_class=drop_class,
+        crystals=truths,
+        um_per_px=spec.um_per_px,
+        well_center_px=(float(geo.well_c[0]), float(geo.well_c[1])),
+        well_radius_px=geo.well_r,
+        drop_polygon_px=[(float(x), float(y)) for x, y in geo.drop_poly],
+        distractors=distractors,
+        other=other,
+    )
+    return out, truth
+
+
+def random_spec(
+    seed: int, *, drop_class: DropClass | None = None, width: int = 1280, height: int = 960
+) -> SceneSpec:
+    """A varied, realistic spec drawn from ``seed`` (classes cycle with the seed when None)."""
+    r = _rng(seed, 0xE7A1)
+    cls: DropClass = drop_class if drop_class is not None else DROP_CLASSES[int(seed) % 4]
+    habits = tuple(h for h in HABITS if r.uniform() < 0.6) or (HABITS[int(r.integers(0, 4))],)
+    lo = float(r.uniform(20, 80))
+    spec = SceneSpec(
+        width=width,
+        height=height,
+        um_per_px=float(r.uniform(1.5, 3.0)),
+        seed=int(seed),
+        drop_class=cls,
+        habits=habits,
+        size_range_um=(lo, lo + float(r.uniform(50, 250))),
+        illumination=float(r.uniform(0.05, 0.45)),
+        brightness=float(r.uniform(0.7, 0.9)),
+        blur_px=float(r.uniform(0.5, 1.8)),
+        noise=float(r.uniform(1.0, 4.0)),
+        jpeg_quality=None if r.uniform() < 0.5 else int(r.integers(70, 96)),
+        colour=bool(r.uniform() < 0.3),
+    )
+    return spec

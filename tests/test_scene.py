@@ -1,0 +1,414 @@
+"""The HIL camera scene renderer, its ground truth, the growth model and serving cells over HTTP.
+
+Real renders (no mocks), virtual time for days of growth, and a real `kiboauto hil serve`
+subprocess read back through the OpenCV camera driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from kiboauto.clock import RealClock, VirtualClock
+from kiboauto.devices import DeviceDisconnected
+from kiboauto.drivers.camera import OpenCVCamera
+from kiboauto.hil.camera_sim import SimCamera
+from kiboauto.hil.growth import GrowthCell, TemperatureLog, arrhenius
+from kiboauto.hil.scene import (
+    DROP_CLASSES,
+    SceneSpec,
+    SceneTruth,
+    random_spec,
+    render,
+    render_cells,
+)
+from kiboauto.hil.scene_crystals import feret, polygon_area_centroid
+from kiboauto.hil.thermal_sim import ThermalSim
+
+SMALL = {"width": 320, "height": 240}
+
+
+def _inside(poly: list[tuple[float, float]], point: tuple[float, float]) -> float:
+    contour = np.array(poly, np.float32).reshape(-1, 1, 2)
+    return float(cv2.pointPolygonTest(contour, (float(point[0]), float(point[1])), True))
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism and formats
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.req("KA-HIL-008")
+def test_same_seed_same_image_and_truth_different_seeds_differ() -> None:
+    spec = SceneSpec(seed=11, crystals=4, bubbles=2, fibres=1, precipitate=0.2, **SMALL)
+    a, ta = render(spec)
+    b, tb = render(SceneSpec(seed=11, crystals=4, bubbles=2, fibres=1, precipitate=0.2, **SMALL))
+    assert np.array_equal(a, b) and ta == tb and ta.to_dict() == tb.to_dict()
+    c, tc = render(SceneSpec(seed=12, crystals=4, bubbles=2, fibres=1, precipitate=0.2, **SMALL))
+    assert not np.array_equal(a, c) and ta != tc
+    # another noise seed: another frame of the same scene (same truth)
+    d, td = render(SceneSpec(seed=11, crystals=4, bubbles=2, fibres=1, precipitate=0.2,
+                             noise_seed=5, **SMALL))  # fmt: skip
+    assert not np.array_equal(a, d) and td == ta
+    json.dumps(ta.to_dict())  # the truth is plain data
+
+
+@pytest.mark.req("KA-HIL-008")
+@pytest.mark.parametrize(
+    ("width", "height", "bit_depth", "colour", "jpeg"),
+    [
+        (640, 480, 8, False, None),
+        (640, 480, 16, False, None),
+        (800, 600, 8, True, 85),
+        (1280, 960, 16, True, None),
+        (2560, 1920, 8, False, 90),
+    ],
+)
+def test_bit_depths_colour_and_sizes(
+    width: int, height: int, bit_depth: int, colour: bool, jpeg: int | None
+) -> None:
+    spec = SceneSpec(width=width, height=height, bit_depth=bit_depth, colour=colour,
+                     jpeg_quality=jpeg, seed=3, crystals=3)  # fmt: skip
+    img, truth = render(spec)
+    assert img.shape == ((height, width, 3) if colour else (height, width))
+    assert img.dtype == (np.uint8 if bit_depth == 8 else np.uint16)
+    full = 255 if bit_depth == 8 else 65535
+    assert 0.3 * full < float(np.median(img)) < 0.95 * full  # a sensible exposure
+    assert truth.crystals and truth.drop_class == "crystals"
+    if colour:
+        b, _, r = (img[..., i].astype(float) for i in range(3))
+        assert np.abs(b - r).mean() > 0.01 * full  # really colour, not grey in three channels
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_render_speed() -> None:
+    spec = SceneSpec(seed=1, crystals=5, bubbles=2, fibres=1, precipitate=0.3, skin=True)
+    render(spec)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        render(spec)
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[1] < 0.5, times
+
+
+# ---------------------------------------------------------------------------------------------
+# ground truth
+# ---------------------------------------------------------------------------------------------
+def _check_crystal_truth(truth: SceneTruth) -> None:
+    for c in truth.crystals:
+        poly = np.array(c.polygon_px)
+        area, centroid = polygon_area_centroid(poly)
+        assert c.area_px == pytest.approx(area) and area > 0
+        assert c.centroid_px == pytest.approx(centroid)
+        longest, width, angle = feret(poly)
+        assert c.longest_um == pytest.approx(longest * truth.um_per_px)
+        assert c.aspect == pytest.approx(longest / width) and c.aspect >= 1
+        assert 0 <= c.angle_deg <= 180 and c.angle_deg == pytest.approx(angle)
+        x, y, w, h = c.bbox_px
+        assert x <= poly[:, 0].min() and poly[:, 0].max() <= x + w
+        assert y <= poly[:, 1].min() and poly[:, 1].max() <= y + h
+        for point in c.polygon_px:  # every crystal lies inside the drop
+            assert _inside(truth.drop_polygon_px, point) > 0, (c.id, point)
+        assert c.habit in ("plate", "needle", "cube", "cluster")
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_truth_geometry_is_exact_and_inside_the_drop() -> None:
+    habits_seen: set[str] = set()
+    for seed in range(12):
+        _, truth = render(SceneSpec(seed=seed, crystals=5, **SMALL))
+        _check_crystal_truth(truth)
+        habits_seen |= {c.habit for c in truth.crystals}
+        # crystals do not overlap each other
+        for i, a in enumerate(truth.crystals):
+            for b in truth.crystals[i + 1 :]:
+                assert not all(_inside(a.polygon_px, p) > 0 for p in b.polygon_px)
+    assert habits_seen == {"plate", "needle", "cube", "cluster"}
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_crystal_pixels_are_exactly_where_the_truth_says() -> None:
+    """Without noise and blur, drawing the crystals changes pixels only at their outlines."""
+    base = {
+        "seed": 21,
+        "noise": 0.0,
+        "blur_px": 0.0,
+        "crystal_habits": ("plate", "needle", "cube", "cluster"),
+        "crystal_max_um": (150.0, 180.0, 120.0, 190.0),
+        "width": 640,
+        "height": 480,
+        "um_per_px": 3.0,
+    }
+    with_c, truth = render(SceneSpec(crystal_sizes_um=(150.0, 180.0, 120.0, 190.0), **base))
+    without, empty = render(SceneSpec(crystal_sizes_um=(0.0, 0.0, 0.0, 0.0), **base))
+    assert len(truth.crystals) >= 3 and not empty.crystals and empty.drop_class == "clear"
+    changed = np.abs(with_c.astype(int) - without.astype(int)) > 2
+    region = np.zeros(changed.shape, np.uint8)
+    for c in truth.crystals:
+        q = np.round(np.array(c.polygon_px) * 16).astype(np.int32)
+        cv2.fillPoly(region, [q], 255, cv2.LINE_8, shift=4)
+    near = cv2.dilate(region, np.ones((7, 7), np.uint8)) > 0  # outline width + antialiasing
+    assert changed.sum() > 0.5 * (region > 0).sum()
+    assert not (changed & ~near).any()
+    # and the crystals really show: their inside differs from the empty drop
+    for c in truth.crystals:
+        mask = np.zeros(changed.shape, np.uint8)
+        cv2.fillPoly(mask, [np.round(np.array(c.polygon_px) * 16).astype(np.int32)], 255,
+                     cv2.LINE_8, shift=4)  # fmt: skip
+        assert changed[mask > 0].mean() > 0.5, c
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_classes_produce_what_they_claim() -> None:
+    counts = dict.fromkeys(DROP_CLASSES, 0)
+    others: set[str] = set()
+    for seed in range(24):
+        spec = random_spec(seed, **SMALL)
+        counts[spec.drop_class] += 1
+        img, truth = render(spec)
+        assert img.shape[:2] == (240, 320)
+        assert truth.drop_class == spec.drop_class, (seed, truth)
+        d = truth.distractors
+        if truth.drop_class == "crystals":
+            assert truth.crystals
+            _check_crystal_truth(truth)
+        else:
+            assert not truth.crystals
+        if truth.drop_class == "precipitate":
+            assert d["precipitate_particles"] > 0
+        if truth.drop_class in ("clear", "other"):
+            assert d["precipitate_particles"] == d["precipitate_clouds"] == 0
+        if truth.drop_class == "clear":
+            assert d["skin"] == d["oil_droplets"] == d["cracks"] == 0 and d["fibres"] < 5
+        if truth.drop_class == "other":
+            assert truth.other in ("skin", "fibres", "dried", "phase")
+            others.add(str(truth.other))
+            key = {"skin": "skin", "fibres": "fibres", "dried": "cracks", "phase": "oil_droplets"}
+            assert d[key[str(truth.other)]] > 0
+    assert set(counts.values()) == {6}  # balanced classes
+    assert len(others) >= 3
+    for kind in ("skin", "fibres", "dried", "phase"):
+        _, truth = render(SceneSpec(seed=4, drop_class="other", other=kind, **SMALL))
+        assert truth.drop_class == "other" and truth.other == kind
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_naive_thresholding_finds_distractors_in_a_drop_without_crystals() -> None:
+    """A clear drop with bubbles and a fibre under uneven light: a global threshold 'finds'
+    dark objects (well ring, meniscus, bubble rims, fibre) though the truth has no crystal."""
+    img, truth = render(SceneSpec(seed=8, drop_class="clear", bubbles=3, fibres=2,
+                                  illumination=0.4, width=640, height=480))  # fmt: skip
+    assert truth.drop_class == "clear" and not truth.crystals and truth.distractors["bubbles"]
+    _, dark = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
+    drop = np.zeros(img.shape, np.uint8)
+    cv2.fillPoly(drop, [np.round(np.array(truth.drop_polygon_px)).astype(np.int32)], 255)
+    inside = cv2.erode(drop, np.ones((5, 5), np.uint8))
+    n, _ = cv2.connectedComponents(((dark > 0) & (inside > 0)).astype(np.uint8))
+    assert n - 1 >= 1  # dark things inside the drop, none of them a crystal
+
+
+@pytest.mark.req("KA-HIL-008")
+@pytest.mark.parametrize("confluence", [0.1, 0.5, 0.9])
+def test_cells_cover_the_asked_fraction(confluence: float) -> None:
+    img, covered = render_cells(5, confluence, width=640, height=480)
+    again, same = render_cells(5, confluence, width=640, height=480)
+    assert img.dtype == np.uint8 and img.shape == (480, 640)
+    assert np.array_equal(img, again) and covered == same
+    assert abs(covered - confluence) < 0.03
+    assert 60 < float(img.mean()) < 200
+
+
+# ---------------------------------------------------------------------------------------------
+# growth
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.req("KA-HIL-008")
+def test_arrhenius_factor_slows_growth_when_cold() -> None:
+    assert float(arrhenius(20.0, 90.0)) == pytest.approx(1.0)
+    assert 0.08 < float(arrhenius(4.0, 90.0)) < 0.16
+    assert float(arrhenius(25.0, 90.0)) > 1.0
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_growth_at_20_degC_increases_and_cooling_slows_it() -> None:
+    cell = GrowthCell(seed=5, outcome="crystals")
+    hours = [0, 6, 12, 24, 48, 72, 120]
+    totals = [sum(cell.sizes_um(h * 3600.0, 20.0)) for h in hours]
+    assert totals[0] == 0 and totals == sorted(totals) and totals[-1] > 100
+    for a, b in itertools.pairwise(hours):
+        sa, sb = cell.sizes_um(a * 3600.0), cell.sizes_um(b * 3600.0)
+        assert all(y >= x for x, y in zip(sa, sb, strict=True))
+    # cooled to 4 degC after 6 h: much less growth by 72 h (steps and a callable agree)
+    steps = [(0.0, 20.0), (6 * 3600.0, 4.0)]
+    cooled = sum(cell.sizes_um(72 * 3600.0, steps))
+    profile = sum(cell.sizes_um(72 * 3600.0, lambda t: 20.0 if t < 6 * 3600 else 4.0))
+    warm = sum(cell.sizes_um(72 * 3600.0, 20.0))
+    assert cooled < 0.5 * warm and profile == pytest.approx(cooled, rel=0.02)
+    # cold from the start: nucleation comes later
+    warm_nuc = [t for t in cell.nucleation_times(1e7, 20.0) if t is not None]
+    cold_nuc = [t for t in cell.nucleation_times(1e8, 4.0) if t is not None]
+    assert warm_nuc and min(cold_nuc) > 5 * min(warm_nuc)
+    # the same seed is the same cell
+    assert GrowthCell(seed=5, outcome="crystals").sizes_um(1e5) == cell.sizes_um(1e5)
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_growth_cell_spec_draws_growing_crystals_in_place() -> None:
+    cell = GrowthCell(seed=9, outcome="crystals", width=480, height=360, um_per_px=3.0)
+    truths = [render(cell.spec(h * 3600.0))[1] for h in (24, 48, 96)]
+    areas = [sum(c.area_px for c in t.crystals) for t in truths]
+    assert areas == sorted(areas) and areas[-1] > areas[0] > 0
+    # a crystal stays where it is while it grows
+    first = {c.id: c for c in truths[0].crystals}
+    assert len(truths[-1].crystals) >= len(first)
+    for late in truths[-1].crystals:
+        if late.id in first:
+            early = first[late.id]
+            assert late.habit == early.habit and late.area_px > early.area_px
+            assert math.dist(early.centroid_px, late.centroid_px) < 0.25 * math.sqrt(late.area_px)
+    for t in truths:
+        _check_crystal_truth(t)
+    # a precipitate cell: precipitate appears and thickens, no crystals
+    pcell = GrowthCell(seed=9, outcome="precipitate", width=480, height=360)
+    amounts = [pcell.precipitate(h * 3600.0) for h in (0, 12, 48)]
+    assert amounts[0] == 0 and amounts == sorted(amounts) and amounts[-1] > 0.2
+    assert render(pcell.spec(48 * 3600.0))[1].drop_class == "precipitate"
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_sim_camera_cells_temperature_and_truth_in_virtual_time() -> None:
+    clock = VirtualClock()
+    warm = SimCamera("w", clock, seed=2, cells=3, width=320, height=240)
+    cold = SimCamera("c", clock, seed=2, cells=3, width=320, height=240, temperature=4.0)
+    stepped = SimCamera("s", clock, seed=2, cells=3, width=320, height=240,
+                        temperature=[(0, 20.0), (3600 * 8, 4.0)])  # fmt: skip
+
+    async def main() -> dict[str, Any]:
+        for cam in (warm, cold, stepped):
+            await cam.connect()
+        await clock.sleep(72 * 3600)
+        out: dict[str, Any] = {}
+        out["sizes"] = [sum(c.crystal_sizes_um()) for c in (warm, cold, stepped)]
+        frames = [await warm.capture_cell(n) for n in (1, 2, 3)]
+        out["distinct"] = not np.array_equal(frames[0], frames[1])
+        warm.select_cell(2)
+        out["selected"] = np.array_equal(await warm.capture(), frames[1])  # same clock time
+        out["truth"] = warm.truth(1)
+        out["info"] = await warm.identify()
+        with pytest.raises(ValueError, match="no cell 4"):
+            warm.select_cell(4)
+        for cam in (warm, cold, stepped):
+            await cam.close()
+        return out
+
+    out = clock.run(main())
+    w, c, s = out["sizes"]
+    assert w > 0 and c < 0.3 * w and s < 0.6 * w
+    assert out["distinct"] and out["selected"]
+    assert out["truth"].drop_class == "crystals"  # cell 1 always grows crystals
+    assert out["info"].details["cells"] == 3 and out["info"].details["selected_cell"] == 2
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_sim_camera_follows_a_live_incubator_simulator() -> None:
+    clock = VirtualClock()
+    incubator = ThermalSim("incubator", clock)
+    cam = SimCamera("cam", clock, seed=1, cells=1, width=160, height=120, incubator=incubator,
+                    temperature_sample_s=600)  # fmt: skip
+
+    async def main() -> tuple[float, list[tuple[float, float]], str]:
+        await cam.connect()
+        await clock.sleep(24 * 3600)
+        size = sum(cam.crystal_sizes_um())
+        await cam.capture()
+        info = await cam.identify()
+        await cam.close()
+        assert cam.temperature_log is not None
+        return size, list(cam.temperature_log.samples), str(info.details["temperature"])
+
+    size, samples, source = clock.run(main())
+    assert len(samples) >= 24 * 6 and "incubator" in source
+    temps = [v for _, v in samples]
+    assert all(v == pytest.approx(incubator.temperature(), abs=30) for v in temps)
+    reference = GrowthCell(seed=cam.cells[0].seed, outcome="crystals").sizes_um(
+        24 * 3600.0, samples
+    )
+    assert size == pytest.approx(sum(reference))
+    log = TemperatureLog(lambda: 7.0, clock)
+    assert log(123.0) == 7.0  # before any sample: the live value
+
+
+# ---------------------------------------------------------------------------------------------
+# served over HTTP by `kiboauto hil serve`
+# ---------------------------------------------------------------------------------------------
+RIG = """\
+devices:
+  camera1:
+    protocol: camera
+    seed: 4
+    options: {cells: 3, width: 320, height: 240}
+"""
+
+
+@pytest.mark.req("KA-HIL-009")
+def test_hil_serve_serves_each_growth_cell_to_the_opencv_driver(tmp_path: Path) -> None:
+    rig = tmp_path / "rig.yaml"
+    rig.write_text(RIG, encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiboauto", "hil", "serve", "--rig", str(rig)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.communicate(timeout=10)[1]
+        ports = json.loads(line)
+        entry = ports["camera1"]
+        assert entry["cells"] == 3 and entry["port"].endswith("/camera1.png")
+        urls = [entry["cell_url"].format(n=n) for n in (1, 2, 3)]
+
+        async def grab() -> list[np.ndarray]:
+            frames = []
+            for url, client in zip([*urls, entry["port"]], ["opencv", "urllib"] * 2, strict=True):
+                cam = OpenCVCamera("camera1", url, clock=RealClock(), http_client=client)
+                await cam.connect()
+                try:
+                    frames.append(await cam.capture())
+                finally:
+                    await cam.close()
+            missing = OpenCVCamera("m", urls[0].replace("/1.png", "/9.png"), clock=RealClock(),
+                                   http_client="urllib")  # fmt: skip
+            await missing.connect()
+            with pytest.raises(DeviceDisconnected, match="404"):
+                await missing.capture()
+            return frames
+
+        frames = asyncio.run(grab())
+        assert all(f.shape == (240, 320, 3) and f.dtype == np.uint8 for f in frames)
+        assert not np.array_equal(frames[0], frames[1])
+        assert not np.array_equal(frames[1], frames[2])
+        with urllib.request.urlopen(urls[0].replace(".png", ".json"), timeout=10) as reply:
+            truth = json.loads(reply.read())
+        assert truth["drop_class"] in DROP_CLASSES and "crystals" in truth
+        assert len(truth["drop_polygon_px"]) > 100
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0
