@@ -130,14 +130,14 @@ def plot_growth(report: Any, path: Path, *, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     try:
         data = report.to_dict()
-        for crystal in data.get("crystals", []):
+        for crystal in data.get("tracks", []):
             hours = [t / 3600.0 for t in crystal["times_s"]]
             ax.plot(hours, crystal["lengths_um"], marker="o", ms=3, label=f"#{crystal['id']}")
         ax.set_xlabel("time (h)")
         ax.set_ylabel("longest dimension (µm)")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        if data.get("crystals"):
+        if data.get("tracks"):
             ax.legend(loc="upper left", fontsize="small", ncol=2)
         else:
             ax.text(0.5, 0.5, "no crystals found", ha="center", va="center", transform=ax.transAxes)

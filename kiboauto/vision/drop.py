@@ -1,0 +1,74 @@
+"""Finding the drop inside the well: its real (irregular) boundary, on a coarse copy.
+
+The drop edge (meniscus) is a dark, sharp line. Everything inside the well that can be reached
+from the well wall without crossing an edge is outside the drop; what is left, filled, is the
+drop. No shape is assumed, so elongated or lobed drops keep their real outline.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from .prep import percentile_u8
+
+__all__ = ["find_drop"]
+
+_K3 = np.ones((3, 3), np.uint8)
+_K5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+
+
+def find_drop(
+    coarse: npt.NDArray[np.uint8],
+    well: tuple[float, float, float, float] | None,
+    edge_frac: float = 0.08,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]] | None:
+    """The drop as (filled mask, outer contour) in coarse pixels, or None if there is none."""
+    h, w = coarse.shape
+    smooth = np.asarray(cv2.GaussianBlur(coarse, (3, 3), 0), dtype=np.uint8)
+    ref = percentile_u8(smooth, 75)
+    if ref < 8:
+        return None
+    # the meniscus is a thin dark line: black-hat (closing minus image) picks thin dark lines and
+    # ignores broad shading such as the well wall's soft inner edge
+    blackhat = cv2.morphologyEx(smooth, cv2.MORPH_BLACKHAT, _K5)
+    edge = (blackhat > edge_frac * ref).astype(np.uint8)
+    edge = np.asarray(cv2.dilate(edge, _K3), dtype=np.uint8)
+
+    region = np.zeros((h, w), np.uint8)
+    seeds: list[tuple[int, int]] = []
+    if well is not None:
+        cx, cy, _, r_in = well
+        r_in = max(r_in - 1.5, 3.0)
+        cv2.circle(region, (round(cx), round(cy)), round(r_in), 1, -1)
+        # seed points just inside the wall, all round (the outside-the-drop part of the well)
+        ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        for k in range(2, 5):
+            rr = r_in - k * max(1.0, 0.02 * r_in)
+            px = np.round(cx + rr * np.cos(ang)).astype(int).tolist()
+            py = np.round(cy + rr * np.sin(ang)).astype(int).tolist()
+            seeds += list(zip(px, py, strict=True))
+    else:
+        region[:] = 1
+        for t in np.linspace(0, 1, 16, endpoint=False):
+            seeds += [(round(t * (w - 1)), 1), (round(t * (w - 1)), h - 2)]
+            seeds += [(1, round(t * (h - 1))), (w - 2, round(t * (h - 1)))]
+    # free space = inside the region, not on an edge; flood it from every seed (value 2)
+    free = region & (1 - edge)
+    for x, y in seeds:
+        if 0 <= x < w and 0 <= y < h and free[y, x] == 1:
+            cv2.floodFill(free, None, (x, y), 2, flags=4)
+    drop = (region > 0) & (free != 2)
+    drop_u8 = cv2.morphologyEx(drop.astype(np.uint8), cv2.MORPH_OPEN, _K5)
+    contours, _ = cv2.findContours(drop_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    best = max(contours, key=cv2.contourArea)
+    area = cv2.contourArea(best)
+    region_area = float(cv2.countNonZero(region))
+    if area < 0.01 * region_area or area > 0.97 * region_area:
+        return None
+    mask = np.zeros((h, w), np.uint8)
+    cv2.drawContours(mask, [best], -1, 1, -1)
+    return mask, np.asarray(best, dtype=np.int32)

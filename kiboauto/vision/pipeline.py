@@ -1,0 +1,204 @@
+"""`inspect`: one drop image in, an :class:`Inspection` out (well, drop, class, crystals)."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from .classify import classify
+from .crystals import Blob, find_blobs, fine_contrast, straightness, texture_density
+from .drop import find_drop
+from .illumination import fit_background, flatten
+from .io import check_image
+from .models import CRYSTAL_MLP, mlp_predict
+from .prep import build_pyramid, halve
+from .types import CrystalMeasure, DropInfo, Inspection, InspectParams, WellInfo
+from .well import find_well
+
+__all__ = ["inspect"]
+
+
+def inspect(
+    image: npt.NDArray[np.generic], *, um_per_px: float = 1.0, params: InspectParams | None = None
+) -> Inspection:
+    return analyse(image, um_per_px=um_per_px, params=params)[0]
+
+
+def analyse(
+    image: npt.NDArray[np.generic], *, um_per_px: float = 1.0, params: InspectParams | None = None
+) -> tuple[Inspection, list[tuple[Blob, tuple[float, float]]]]:
+    """:func:`inspect` plus every candidate object (not touching the drop edge) with its centroid
+    in full-resolution pixels: what the crystal and drop classifiers were tuned on."""
+    """Inspect one image of a growth cell: find the well and the drop, flatten the light, find and
+    measure the crystals and classify the drop (``crystals``, ``precipitate``, ``clear``,
+    ``other``).
+
+    ``image``: grey or BGR(A), uint8 or uint16 (see :func:`kiboauto.vision.load_image`).
+    ``um_per_px``: the optical scale, for lengths and areas in µm. All pixel positions in the
+    result are full-resolution pixels of ``image``.
+    """
+    if not um_per_px > 0:
+        raise ValueError("um_per_px must be > 0")
+    p = params or InspectParams()
+    img = check_image(image)
+    pyr = build_pyramid(img, p.work_short_px, p.coarse_short_px)
+    cs, ws = pyr.coarse_scale, pyr.work_scale
+    f = cs // ws  # working pixels per coarse pixel
+    ch, cw = pyr.coarse.shape
+
+    # the well on a copy half the coarse size (a big, smooth ring), back in coarse pixels
+    well_t = find_well(np.asarray(halve(pyr.coarse), dtype=np.uint8))
+    well_c = None
+    if well_t is not None:
+        tx, ty, tr, tri = well_t
+        well_c = ((tx + 0.5) * 2 - 0.5, (ty + 0.5) * 2 - 0.5, tr * 2, tri * 2)
+    found = find_drop(pyr.coarse, well_c)
+    features: dict[str, float] = {
+        "well_found": 0.0 if well_c is None else 1.0,
+        "drop_found": 0.0 if found is None else 1.0,
+    }
+    if found is not None:
+        mask_c, contour_c = found
+    else:
+        mask_c = np.zeros((ch, cw), np.uint8)
+        if well_c is not None:
+            cx, cy, _, r_in = well_c
+            cv2.circle(mask_c, (round(cx), round(cy)), max(round(r_in - 2), 2), 1, -1)
+        else:
+            mask_c[2:-2, 2:-2] = 1
+        cnts, _ = cv2.findContours(mask_c, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contour_c = np.asarray(cnts[0], dtype=np.int32)
+
+    # the drop ROI, in coarse and working pixels
+    x0, y0, bw, bh = cv2.boundingRect(contour_c)
+    x1, y1 = min(x0 + bw, cw), min(y0 + bh, ch)
+    roi_c = pyr.coarse[y0:y1, x0:x1]
+    mroi_c = mask_c[y0:y1, x0:x1]
+    drop_area_c = float(mroi_c.sum())
+    eq_r_c = math.sqrt(max(drop_area_c, 1.0) / math.pi)
+    margin_c = max(1, round(p.edge_margin_frac * eq_r_c))
+    k = np.ones((2 * margin_c + 1, 2 * margin_c + 1), np.uint8)
+    inner_c = np.asarray(cv2.erode(mroi_c, k), dtype=np.uint8)
+    bg = fit_background(roi_c, inner_c)
+
+    wx0, wy0 = x0 * f, y0 * f
+    wx1, wy1 = min(x1 * f, pyr.work.shape[1]), min(y1 * f, pyr.work.shape[0])
+    roi_w = pyr.work[wy0:wy1, wx0:wx1]
+    rh, rw = roi_w.shape
+    flat = flatten(roi_w, bg)
+    inner_w = np.asarray(
+        cv2.resize(inner_c, (rw, rh), interpolation=cv2.INTER_NEAREST), dtype=np.uint8
+    )
+
+    min_area_w = p.min_crystal_px / (ws * ws)
+    diff = fine_contrast(flat)
+    blobs, obj = find_blobs(flat, inner_w, p.crystal_contrast, min_area_w, diff, p.edge_contrast)
+    near_obj = np.asarray(cv2.dilate(obj, np.ones((5, 5), np.uint8)), dtype=np.uint8)
+    tex, fine = texture_density(diff, inner_w, near_obj)
+
+    crystals: list[CrystalMeasure] = []
+    rejected_area = 0.0
+    best_score = 0.0
+    drop_area_w = max(drop_area_c * f * f, 1.0)
+    n_round = n_thin = n_small = n_edge = 0
+    gran: list[float] = []
+    candidates: list[tuple[Blob, tuple[float, float]]] = []
+    inner_blobs = [b for b in blobs if b.measured]
+    probs: list[float] = []
+    if inner_blobs and CRYSTAL_MLP:  # (the model is empty only while it is being retrained)
+        probs = mlp_predict(CRYSTAL_MLP, [b.vector() for b in inner_blobs])[:, 1].tolist()
+    else:
+        probs = [0.0] * len(inner_blobs)
+    scores = {id(b): float(q) for b, q in zip(inner_blobs, probs, strict=True)}
+    sum_score = sum(scores.values())
+    for b in sorted(blobs, key=lambda b: (b.centroid[1], b.centroid[0])):
+        if b.measured:
+            full = ((b.centroid[0] + wx0 + 0.5) * ws - 0.5, (b.centroid[1] + wy0 + 0.5) * ws - 0.5)
+            candidates.append((b, full))
+        if b.touches_edge:
+            n_edge += 1
+        elif b.circularity > 0.8 and b.aspect < 1.35:
+            n_round += 1
+        elif b.solidity < 0.5 or b.aspect > 8:
+            n_thin += 1
+        if b.area < 4 * min_area_w:
+            n_small += 1
+        if scores.get(id(b), 0.0) < p.min_crystal_score:
+            rejected_area += b.area
+            continue
+        best_score = max(best_score, scores[id(b)])
+        gran.append(b.granularity)
+        bx, by, bw_, bh_ = b.bbox
+        area_px = b.area * ws * ws
+        crystals.append(
+            CrystalMeasure(
+                id=len(crystals) + 1,
+                centroid_px=(
+                    (b.centroid[0] + wx0 + 0.5) * ws - 0.5,
+                    (b.centroid[1] + wy0 + 0.5) * ws - 0.5,
+                ),
+                bbox_px=((bx + wx0) * ws, (by + wy0) * ws, bw_ * ws, bh_ * ws),
+                area_px=area_px,
+                area_um2=area_px * um_per_px * um_per_px,
+                length_um=b.length * ws * um_per_px,
+                aspect=b.aspect,
+                straightness=straightness(b.contour, 2.0 * math.sqrt(b.area / math.pi)),
+            )
+        )
+    inner_n = max(float(cv2.countNonZero(inner_w)), 1.0)
+    dark = float(cv2.countNonZero(cv2.bitwise_and(obj, (flat < 128).view(np.uint8))))
+    features.update(
+        {
+            "n_crystals": float(len(crystals)),
+            "n_blobs": float(len(blobs)),
+            "n_round": float(n_round),
+            "n_thin": float(n_thin),
+            "n_small": float(n_small),
+            "n_edge": float(n_edge),
+            "best_crystal_score": max(scores.values(), default=0.0),
+            "sum_crystal_score": sum_score,
+            "crystal_granularity": max(gran, default=0.0),
+            "crystal_area_frac": sum(b_.area_px for b_ in crystals) / (drop_area_w * ws * ws),
+            "rejected_area_frac": rejected_area / drop_area_w,
+            "object_frac": float(cv2.countNonZero(obj)) / inner_n,
+            "dark_frac": dark / inner_n,
+            "texture": tex,
+            "fine_contrast": fine,
+            "drop_area_frac": drop_area_c / float(cw * ch),
+        }
+    )
+    drop_class, confidence = classify(features)
+
+    well = None
+    if well_c is not None:
+        cx, cy, r, _ = well_c
+        well = WellInfo(((cx + 0.5) * cs - 0.5, (cy + 0.5) * cs - 0.5), r * cs)
+    drop = None
+    if found is not None:
+        m = cv2.moments(contour_c)
+        cen = (
+            (m["m10"] / m["m00"], m["m01"] / m["m00"])
+            if m["m00"] > 0
+            else (x0 + bw / 2, y0 + bh / 2)
+        )
+        pts = (contour_c.reshape(-1, 2) * cs + cs // 2).tolist()
+        drop = DropInfo(
+            bbox_px=(x0 * cs, y0 * cs, bw * cs, bh * cs),
+            area_px=drop_area_c * cs * cs,
+            centroid_px=((cen[0] + 0.5) * cs - 0.5, (cen[1] + 0.5) * cs - 0.5),
+            contour_px=tuple((int(x), int(y)) for x, y in pts),
+        )
+    result = Inspection(
+        drop_class=drop_class,
+        confidence=confidence,
+        crystals=crystals,
+        well=well,
+        drop=drop,
+        features=features,
+        image_size=pyr.full_size,
+        um_per_px=float(um_per_px),
+    )
+    return result, candidates

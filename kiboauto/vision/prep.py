@@ -1,0 +1,100 @@
+"""Turning any accepted image into the small 8-bit grey copies the analysis works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Grey", "Pyramid", "build_pyramid", "halve", "percentile_u8", "to_grey"]
+
+Grey = npt.NDArray[np.uint8]
+
+
+def to_grey(image: npt.NDArray[np.uint8] | npt.NDArray[np.uint16]) -> npt.NDArray[np.generic]:
+    """Grey (luminance) of a BGR/BGRA image; grey images pass through (no copy)."""
+    if image.ndim == 2:
+        return image
+    code = cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+    return np.asarray(cv2.cvtColor(image, code))
+
+
+def halve(img: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    """Half size by 2x2 averaging (OpenCV's fast path for INTER_AREA at exactly 1/2)."""
+    h, w = img.shape[:2]
+    src: Any = img  # any pixel type OpenCV resizes (uint8, uint16, float)
+    return np.asarray(cv2.resize(src, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+
+
+def _to_u8(img: npt.NDArray[np.generic]) -> Grey:
+    if img.dtype == np.uint8:
+        return np.asarray(img, dtype=np.uint8)
+    # 16 bit: stretch so the bright end of the histogram lands near 230
+    sample = img[:: max(1, img.shape[0] // 64), :: max(1, img.shape[1] // 64)]
+    top = float(np.percentile(np.asarray(sample, dtype=np.float32), 99.5))
+    scale = 230.0 / max(top, 1.0)
+    return np.asarray(cv2.convertScaleAbs(img, alpha=scale), dtype=np.uint8)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """The grey working copy (``work``) and a coarser copy (``coarse``) of one image.
+
+    ``work_scale`` / ``coarse_scale``: full-resolution pixels per working / coarse pixel.
+    """
+
+    work: Grey
+    coarse: Grey
+    work_scale: int
+    coarse_scale: int
+    full_size: tuple[int, int]  # (width, height)
+
+
+def build_pyramid(
+    image: npt.NDArray[np.uint8] | npt.NDArray[np.uint16], work_short: int, coarse_short: int
+) -> Pyramid:
+    """Grey working and coarse copies by repeated 2x2 averaging (cheap, anti-aliased)."""
+    h, w = image.shape[:2]
+    work_scale = 1
+    if image.ndim == 3:
+        # colour (e.g. polarised light): reduce in colour, then mark coloured things darker than
+        # the neutral background (grey minus saturation) so they show up like any other object
+        src: npt.NDArray[np.generic] = image[:, :, :3]
+        while min(h, w) // (work_scale * 2) >= work_short:
+            src = halve(src)
+            work_scale *= 2
+        bgr = _to_u8(src) if src.dtype != np.uint8 else np.asarray(src, dtype=np.uint8)
+        grey8 = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        b, g, r = cv2.split(bgr)
+        sat = cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r))
+        work = np.asarray(cv2.subtract(grey8, sat), dtype=np.uint8)
+    else:
+        grey: npt.NDArray[np.generic] = image
+        while min(h, w) // (work_scale * 2) >= work_short:
+            grey = halve(grey)
+            work_scale *= 2
+        work = _to_u8(grey)
+    coarse = work
+    coarse_scale = work_scale
+    while min(h, w) // (coarse_scale * 2) >= coarse_short:
+        coarse = np.asarray(halve(coarse), dtype=np.uint8)
+        coarse_scale *= 2
+    return Pyramid(work, coarse, work_scale, coarse_scale, (w, h))
+
+
+def percentile_u8(
+    img: npt.NDArray[np.uint8], q: float, mask: npt.NDArray[np.uint8] | None = None
+) -> float:
+    """The ``q``-th percentile of a uint8 image (optionally under ``mask``) from its histogram.
+
+    Much cheaper than :func:`numpy.percentile` on images (no sort).
+    """
+    hist = cv2.calcHist([img], [0], mask, [256], [0, 256]).ravel()
+    total = float(hist.sum())
+    if total <= 0:
+        return 0.0
+    cum = np.cumsum(hist)
+    return float(np.searchsorted(cum, q / 100.0 * total))
