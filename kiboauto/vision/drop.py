@@ -54,13 +54,23 @@ def find_drop(
         for t in np.linspace(0, 1, 16, endpoint=False):
             seeds += [(round(t * (w - 1)), 1), (round(t * (w - 1)), h - 2)]
             seeds += [(1, round(t * (h - 1))), (w - 2, round(t * (h - 1)))]
-    # free space = inside the region, not on an edge; flood it from every seed (value 2)
-    free = region & (1 - edge)
-    for x, y in seeds:
-        if 0 <= x < w and 0 <= y < h and free[y, x] == 1:
-            cv2.floodFill(free, None, (x, y), 2, flags=4)
-    drop = (region > 0) & (free != 2)
-    drop_u8 = cv2.morphologyEx(drop.astype(np.uint8), cv2.MORPH_OPEN, _K5)
+    # free space = inside the region, not on an edge; flood it from every seed (value 2),
+    # checking the remaining seeds in bulk after each fill (most fall in the first one)
+    free = cv2.subtract(region, edge)
+    sx = np.asarray([p[0] for p in seeds], np.int64)
+    sy = np.asarray([p[1] for p in seeds], np.int64)
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    sx, sy = sx[inside], sy[inside]
+    while sx.size:
+        todo = free[sy, sx] == 1
+        if not todo.any():
+            break
+        sx, sy = sx[todo], sy[todo]
+        cv2.floodFill(free, None, (int(sx[0]), int(sy[0])), 2, flags=4)
+        sx, sy = sx[1:], sy[1:]
+    _, outside = cv2.threshold(free, 1, 1, cv2.THRESH_BINARY)  # the flooded part (2)
+    drop = cv2.subtract(region, outside)
+    drop_u8 = cv2.morphologyEx(drop, cv2.MORPH_OPEN, _K5)
     contours, _ = cv2.findContours(drop_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None

@@ -95,15 +95,17 @@ def analyse(
 
     min_area_w = p.min_crystal_px / (ws * ws)
     diff = fine_contrast(flat)
-    blobs, obj = find_blobs(flat, inner_w, p.crystal_contrast, min_area_w, diff, p.edge_contrast)
+    blobs, specks, obj = find_blobs(
+        flat, inner_w, p.crystal_contrast, min_area_w, diff, p.edge_contrast
+    )
     near_obj = np.asarray(cv2.dilate(obj, np.ones((5, 5), np.uint8)), dtype=np.uint8)
     tex, fine = texture_density(diff, inner_w, near_obj)
 
     crystals: list[CrystalMeasure] = []
-    rejected_area = 0.0
     best_score = 0.0
     drop_area_w = max(drop_area_c * f * f, 1.0)
-    n_round = n_thin = n_small = n_edge = 0
+    n_round, n_thin, n_small, n_edge = 0, specks.thin, specks.count, 0
+    rejected_area = specks.area
     gran: list[float] = []
     candidates: list[tuple[Blob, tuple[float, float]]] = []
     inner_blobs = [b for b in blobs if b.measured]
@@ -153,7 +155,7 @@ def analyse(
     features.update(
         {
             "n_crystals": float(len(crystals)),
-            "n_blobs": float(len(blobs)),
+            "n_blobs": float(len(blobs) + specks.count),
             "n_round": float(n_round),
             "n_thin": float(n_thin),
             "n_small": float(n_small),
@@ -189,7 +191,7 @@ def analyse(
             bbox_px=(x0 * cs, y0 * cs, bw * cs, bh * cs),
             area_px=drop_area_c * cs * cs,
             centroid_px=((cen[0] + 0.5) * cs - 0.5, (cen[1] + 0.5) * cs - 0.5),
-            contour_px=tuple((int(x), int(y)) for x, y in pts),
+            contour_px=tuple((p[0], p[1]) for p in pts),
         )
     result = Inspection(
         drop_class=drop_class,

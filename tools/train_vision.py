@@ -1,0 +1,330 @@
+"""Retrain the two small models of the vision core and write them into kiboauto/vision/models.py.
+
+The vision core (kiboauto/vision/) makes two learned decisions, each by a one-hidden-layer numpy
+MLP whose weights live as plain numbers in ``kiboauto/vision/models.py`` between marker lines:
+
+1. ``CRYSTAL_MLP`` (between ``#@CRYSTAL`` and ``#@DROP``): is a candidate object a crystal?
+   Inputs: :meth:`kiboauto.vision.crystals.Blob.vector` of every measured candidate that
+   :func:`kiboauto.vision.pipeline.analyse` returns. Label 1 when a true crystal's centroid lies
+   within max(0.4 x its longest dimension, 6 px) of the candidate's centroid.
+2. ``DROP_MLP`` / ``DROP_MLP_FEATURES`` (between ``#@DROP`` and ``#@END``): the drop class
+   (crystals, precipitate, clear, other) from :attr:`Inspection.features` (counts on a log scale,
+   see :func:`kiboauto.vision.classify.drop_vector`). These features depend on the crystal model,
+   so the crystal model is trained and written first, then the drop features are measured.
+
+Data: generated scenes with exact truth, ``hil/scene.py`` ``random_spec(seed)`` at its default
+size, TRAINING SEEDS 0..299 ONLY (evaluation uses 10_000 and up, see bench/vision_accuracy.py).
+Each model is first fitted on seeds 0..149 and checked on 150..299 (the printed training and
+validation figures), then refitted on all 300 seeds; that final fit is what gets written.
+
+Deterministic: fixed initialisation seed, full-batch Adam, single-threaded OpenCV and BLAS, and
+the seeds are processed in order (worker processes only split the rendering). Running it twice,
+or on another machine with the same library versions, writes the same numbers (5 decimals).
+
+    .venv/bin/python tools/train_vision.py            # retrain both, rewrite models.py
+    .venv/bin/python tools/train_vision.py --check    # retrain, compare with models.py, no write
+    .venv/bin/python tools/train_vision.py --jobs 4   # worker processes for rendering/inspecting
+"""
+
+from __future__ import annotations
+
+import os
+
+# single-threaded BLAS before numpy loads: the same sums in the same order on every run
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from multiprocessing import get_context  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "kiboauto" / "vision" / "models.py"
+TRAIN_SEEDS = range(0, 300)  # the default; --seeds may widen it, never to 10_000 and above
+EVAL_FIRST = 10_000  # held-out evaluation seeds start here (bench/vision_accuracy.py)
+CRYSTAL_HIDDEN, CRYSTAL_ITERS, CRYSTAL_POS_WEIGHT = 12, 4000, 3.0
+DROP_HIDDEN, DROP_ITERS = 10, 3000
+EMPTY_CRYSTAL = "CRYSTAL_MLP: dict[str, Any] = {}\n"
+EMPTY_DROP = "DROP_MLP_FEATURES: tuple[str, ...] = ()\nDROP_MLP: dict[str, Any] = {}\n"
+
+Array = np.ndarray[Any, Any]
+
+
+# ---------------------------------------------------------------------------- the MLP (numpy)
+
+
+def train_mlp(
+    x: Array,
+    y: Array,
+    n_classes: int,
+    *,
+    hidden: int,
+    iters: int,
+    lr: float = 0.01,
+    l2: float = 1e-4,
+    seed: int = 0,
+    pos_weight: float = 1.0,
+) -> dict[str, Array]:
+    """One tanh hidden layer, softmax output, cross-entropy + L2, full-batch Adam.
+
+    Inputs are standardised with their mean and spread (stored in the model). ``pos_weight``
+    (two classes only) weighs the positive examples, for rare positives.
+    """
+    rng = np.random.default_rng(seed)
+    mu = x.mean(axis=0)
+    sd = x.std(axis=0) + 1e-9
+    z = (x - mu) / sd
+    w1 = rng.standard_normal((z.shape[1], hidden)) * 0.5
+    b1 = np.zeros(hidden)
+    w2 = rng.standard_normal((hidden, n_classes)) * 0.5
+    b2 = np.zeros(n_classes)
+    target = np.eye(n_classes)[y]
+    weight = np.where(y > 0, pos_weight, 1.0) if n_classes == 2 else np.ones(len(y))
+    params = [w1, b1, w2, b2]
+    m1 = [np.zeros_like(p) for p in params]
+    m2 = [np.zeros_like(p) for p in params]
+    for it in range(1, iters + 1):
+        h = np.tanh(z @ w1 + b1)
+        logits = h @ w2 + b2
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - target) * weight[:, None] / len(y)
+        gh = (g @ w2.T) * (1 - h * h)
+        grads = [z.T @ gh + l2 * w1, gh.sum(axis=0), h.T @ g + l2 * w2, g.sum(axis=0)]
+        for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            m1[i] = 0.9 * m1[i] + 0.1 * grad
+            m2[i] = 0.999 * m2[i] + 0.001 * grad * grad
+            param -= lr * (m1[i] / (1 - 0.9**it)) / (np.sqrt(m2[i] / (1 - 0.999**it)) + 1e-8)
+    return {"mu": mu, "sd": sd, "W1": w1, "b1": b1, "W2": w2, "b2": b2}
+
+
+def rounded(model: dict[str, Array]) -> dict[str, Array]:
+    """The model as written to models.py (5 decimals), so figures describe what ships."""
+    return {k: np.round(np.asarray(v, dtype=float), 5) for k, v in model.items()}
+
+
+def predict(model: dict[str, Array], x: Array) -> Array:
+    h = np.tanh(((x - model["mu"]) / model["sd"]) @ model["W1"] + model["b1"])
+    logits = h @ model["W2"] + model["b2"]
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    out: Array = p / p.sum(axis=1, keepdims=True)
+    return out
+
+
+def model_source(name: str, model: dict[str, Array]) -> str:
+    lines = [f"{name}: dict[str, Any] = {{"]
+    for key in ("mu", "sd", "W1", "b1", "W2", "b2"):
+        lines.append(f"    {key!r}: {np.round(np.asarray(model[key], float), 5).tolist()!r},")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------- models.py markers
+
+
+def put_block(text: str, start: str, end: str, block: str) -> str:
+    """``text`` with the lines between the marker lines ``start`` and ``end`` replaced."""
+    i = text.index(start + "\n") + len(start) + 1
+    j = text.index(end + "\n", i)
+    return text[:i] + block + text[j:]
+
+
+def write_models(text: str) -> None:
+    MODELS.write_text(text)
+    import kiboauto.vision.models as models_module
+
+    importlib.reload(models_module)
+
+
+# ------------------------------------------------------------------------------- data (workers)
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def blob_rows(seed: int) -> tuple[list[list[float]], list[int]]:
+    """Candidate vectors and labels (1 = a true crystal) of one training scene."""
+    from kiboauto.hil import scene
+    from kiboauto.vision.pipeline import analyse
+
+    spec = scene.random_spec(seed)
+    image, truth = scene.render(spec)
+    _res, candidates = analyse(image, um_per_px=spec.um_per_px)
+    rows, labels = [], []
+    for blob, (x, y) in candidates:
+        near = any(
+            math.hypot(x - c.centroid_px[0], y - c.centroid_px[1])
+            < max(0.4 * c.longest_um / spec.um_per_px, 6)
+            for c in truth.crystals
+        )
+        rows.append(blob.vector())
+        labels.append(int(near))
+    return rows, labels
+
+
+def drop_row(seed: int) -> tuple[dict[str, float], int]:
+    """The measured features and the true class index of one training scene."""
+    from kiboauto.hil import scene
+    from kiboauto.vision import inspect
+
+    spec = scene.random_spec(seed)
+    image, truth = scene.render(spec)
+    res = inspect(image, um_per_px=spec.um_per_px)
+    return dict(res.features), scene.DROP_CLASSES.index(truth.drop_class)
+
+
+def run_seeds(fn: Callable[[int], Any], seeds: Iterable[int], jobs: int) -> list[Any]:
+    """``fn`` over ``seeds`` in order (in ``jobs`` fresh processes that read models.py anew)."""
+    seeds = list(seeds)
+    if jobs <= 1:
+        _worker_init()
+        return [fn(s) for s in seeds]
+    with get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
+        return pool.map(fn, seeds, chunksize=4)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def train_crystal(jobs: int, seeds: range) -> dict[str, Array]:
+    t0 = time.perf_counter()
+    data = run_seeds(blob_rows, seeds, jobs)
+    xs, ys, img = [], [], []
+    for seed, (rows, labels) in zip(seeds, data, strict=True):
+        xs += rows
+        ys += labels
+        img += [seed] * len(rows)
+    x, y, s = np.asarray(xs, float), np.asarray(ys, int), np.asarray(img)
+    print(
+        f"crystal candidates: {len(y)} from {len(seeds)} scenes, {int(y.sum())} crystals "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    split = seeds.start + len(seeds) // 2
+    fit, val = s < split, s >= split
+    m = rounded(
+        train_mlp(
+            x[fit], y[fit], 2, hidden=CRYSTAL_HIDDEN, iters=CRYSTAL_ITERS,
+            pos_weight=CRYSTAL_POS_WEIGHT,
+        )
+    )  # fmt: skip
+    for name, sel in (
+        (f"fit {seeds.start}..{split - 1}", fit),
+        (f"validation {split}..{seeds.stop - 1}", val),
+    ):
+        pred = predict(m, x[sel])[:, 1] > 0.5
+        truth = y[sel] == 1
+        tp, fp, fn = (
+            int((pred & truth).sum()),
+            int((pred & ~truth).sum()),
+            int((~pred & truth).sum()),
+        )
+        print(
+            f"  {name:20s} tp {tp:5d} fp {fp:5d} fn {fn:5d}  recall {tp / max(tp + fn, 1):.3f}"
+            f"  precision {tp / max(tp + fp, 1):.3f}"
+        )
+    final = rounded(
+        train_mlp(
+            x, y, 2, hidden=CRYSTAL_HIDDEN, iters=CRYSTAL_ITERS, pos_weight=CRYSTAL_POS_WEIGHT
+        )
+    )
+    pred = predict(final, x)[:, 1] > 0.5
+    print(
+        f"  final (all seeds) tp {int((pred & (y == 1)).sum())} "
+        f"fp {int((pred & (y == 0)).sum())} fn {int((~pred & (y == 1)).sum())}"
+    )
+    return final
+
+
+def drop_matrix(feats: list[dict[str, float]]) -> tuple[list[str], Array]:
+    names = sorted(n for n in feats[0] if n not in ("well_found", "drop_found"))
+    x = np.asarray([[f[n] for n in names] for f in feats], float)
+    for j, n in enumerate(names):
+        if n.startswith("n_") or n == "sum_crystal_score":
+            x[:, j] = np.log1p(np.maximum(x[:, j], 0.0))
+    return names, x
+
+
+def train_drop(jobs: int, seeds: range) -> tuple[list[str], dict[str, Array]]:
+    from kiboauto.vision.types import DROP_CLASSES
+
+    t0 = time.perf_counter()
+    data = run_seeds(drop_row, seeds, jobs)
+    names, x = drop_matrix([d[0] for d in data])
+    y = np.asarray([d[1] for d in data], int)
+    s = np.asarray(list(seeds))
+    print(f"drop features: {len(names)} from {len(y)} scenes ({time.perf_counter() - t0:.0f} s)")
+    split = seeds.start + len(seeds) // 2
+    fit, val = s < split, s >= split
+    m = rounded(train_mlp(x[fit], y[fit], 4, hidden=DROP_HIDDEN, iters=DROP_ITERS))
+    for name, sel in (
+        (f"fit {seeds.start}..{split - 1}", fit),
+        (f"validation {split}..{seeds.stop - 1}", val),
+    ):
+        pred = predict(m, x[sel]).argmax(axis=1)
+        per = "  ".join(
+            f"{c} {int(((pred == k) & (y[sel] == k)).sum())}/{int((y[sel] == k).sum())}"
+            for k, c in enumerate(DROP_CLASSES)
+        )
+        print(f"  {name:20s} accuracy {(pred == y[sel]).mean():.3f}  ({per})")
+    final = rounded(train_mlp(x, y, 4, hidden=DROP_HIDDEN, iters=DROP_ITERS))
+    print(f"  final (all seeds) accuracy {(predict(final, x).argmax(1) == y).mean():.3f}")
+    return names, final
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    ap.add_argument("--check", action="store_true", help="compare with models.py, restore it")
+    ap.add_argument(
+        "--seeds", default=f"{TRAIN_SEEDS.start}:{TRAIN_SEEDS.stop}", help="training seeds a:b"
+    )
+    args = ap.parse_args()
+    lo, hi = (int(v) for v in args.seeds.split(":"))
+    seeds = range(lo, hi)
+    if lo < 0 or hi > EVAL_FIRST or len(seeds) < 20:
+        ap.error(f"training seeds must lie in 0..{EVAL_FIRST - 1} (evaluation starts there)")
+    sys.path.insert(0, str(ROOT))
+    original = MODELS.read_text()
+    try:
+        # 1. candidates do not depend on any model; the drop model is left out while measuring
+        text = put_block(original, "#@CRYSTAL", "#@DROP", EMPTY_CRYSTAL)
+        text = put_block(text, "#@DROP", "#@END", EMPTY_DROP)
+        write_models(text)
+        crystal = train_crystal(args.jobs, seeds)
+        text = put_block(text, "#@CRYSTAL", "#@DROP", model_source("CRYSTAL_MLP", crystal))
+        write_models(text)
+        # 2. the drop features use the new crystal model
+        names, drop = train_drop(args.jobs, seeds)
+        block = f"DROP_MLP_FEATURES: tuple[str, ...] = {tuple(names)!r}\n"
+        block += model_source("DROP_MLP", drop)
+        text = put_block(text, "#@DROP", "#@END", block)
+    except BaseException:
+        MODELS.write_text(original)
+        raise
+    if args.check:
+        MODELS.write_text(original)
+        same = text == original
+        print(
+            "models.py " + ("REPRODUCED exactly" if same else "DIFFERS from the retrained models")
+        )
+        return 0 if same else 1
+    write_models(text)
+    print(f"wrote {MODELS.relative_to(ROOT)}" + (" (unchanged)" if text == original else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
