@@ -1,7 +1,7 @@
 """Accuracy of kiboauto.vision.inspect on rendered drops with exact truth (hil/scene.py).
 
-Held-out evaluation seeds start at 10_000 (the models were trained on seeds 0..299; 300..399
-were used for design checks). Prints the class confusion matrix and accuracy, crystal
+Held-out evaluation seeds start at 10_000 (the models are trained on seeds 0..599 by default;
+300..399 were also used for design checks). Prints the class confusion matrix and accuracy, crystal
 detection (matched to truth centroids), count agreement, length error and well error.
 
     .venv/bin/python bench/vision_accuracy.py [--first 10000] [--count 500] [--size 1280x960]

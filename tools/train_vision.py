@@ -13,9 +13,10 @@ MLP whose weights live as plain numbers in ``kiboauto/vision/models.py`` between
    so the crystal model is trained and written first, then the drop features are measured.
 
 Data: generated scenes with exact truth, ``hil/scene.py`` ``random_spec(seed)`` at its default
-size, TRAINING SEEDS 0..299 ONLY (evaluation uses 10_000 and up, see bench/vision_accuracy.py).
-Each model is first fitted on seeds 0..149 and checked on 150..299 (the printed training and
-validation figures), then refitted on all 300 seeds; that final fit is what gets written.
+size, TRAINING SEEDS 0..599 BY DEFAULT (evaluation uses 10_000 and up, see
+bench/vision_accuracy.py). Each model is first fitted on the first half of the seeds and checked
+on the second half (the printed training and validation figures), then refitted on all of them;
+that final fit is what gets written.
 
 Deterministic: fixed initialisation seed, full-batch Adam, single-threaded OpenCV and BLAS, and
 the seeds are processed in order (worker processes only split the rendering). Running it twice,
@@ -48,7 +49,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "kiboauto" / "vision" / "models.py"
-TRAIN_SEEDS = range(0, 300)  # the default; --seeds may widen it, never to 10_000 and above
+TRAIN_SEEDS = range(0, 600)  # the default; --seeds may widen it, never to 10_000 and above
 EVAL_FIRST = 10_000  # held-out evaluation seeds start here (bench/vision_accuracy.py)
 CRYSTAL_HIDDEN, CRYSTAL_ITERS, CRYSTAL_POS_WEIGHT = 12, 4000, 3.0
 DROP_HIDDEN, DROP_ITERS = 10, 3000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -88,6 +89,56 @@ def straightness(contour: npt.NDArray[np.int32], equiv_diam: float) -> float:
     return float(min(1.0, max(0.0, score)))
 
 
+class _Outlines:
+    """Several closed outlines (OpenCV contours of integer points) measured together.
+
+    Each measure equals what OpenCV's per-contour call returns (``arcLength`` adds float32
+    segment lengths in order; areas and moments are sums of integer products), computed with
+    a few array operations instead of one call per outline.
+    """
+
+    def __init__(self, contours: Sequence[npt.NDArray[np.int32]]) -> None:
+        counts = np.fromiter(map(len, contours), np.int64, len(contours))
+        self.pts = np.concatenate(contours).reshape(-1, 2)
+        self.starts = np.zeros(len(contours), np.int64)
+        np.cumsum(counts[:-1], out=self.starts[1:])
+        last = self.starts + counts - 1
+        self.prev = np.empty_like(self.pts)
+        self.prev[1:] = self.pts[:-1]
+        self.prev[self.starts] = self.pts[last]  # closed: the first point follows the last
+        self._p64 = self.pts.astype(np.int64)
+        self._q64 = self.prev.astype(np.int64)
+        self._cross = self._q64[:, 0] * self._p64[:, 1] - self._q64[:, 1] * self._p64[:, 0]
+
+    def perimeters(self) -> npt.NDArray[np.float64]:
+        d = (self.pts - self.prev).astype(np.float32)
+        seg = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1])
+        return np.asarray(np.add.reduceat(seg.astype(np.float64), self.starts), np.float64)
+
+    def areas(self) -> npt.NDArray[np.float64]:
+        return np.abs(np.add.reduceat(self._cross, self.starts)).astype(np.float64) * 0.5
+
+    def boxes(self) -> tuple[npt.NDArray[np.int64], ...]:
+        lo = np.minimum.reduceat(self.pts, self.starts)
+        hi = np.maximum.reduceat(self.pts, self.starts)
+        return lo[:, 0], lo[:, 1], hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
+
+    def centroids(self, which: list[int]) -> tuple[list[float], list[float], list[float]]:
+        """(cx, cy, m00) of outlines ``which``, as ``cv2.moments`` gives them."""
+        cross, p, q = self._cross, self._p64, self._q64
+        a00 = np.add.reduceat(cross, self.starts)[which].astype(np.float64)
+        a10 = np.add.reduceat(cross * (p[:, 0] + q[:, 0]), self.starts)[which].astype(np.float64)
+        a01 = np.add.reduceat(cross * (p[:, 1] + q[:, 1]), self.starts)[which].astype(np.float64)
+        sign = np.where(a00 > 0, 1.0, -1.0)
+        m00 = a00 * (0.5 * sign)
+        m10 = a10 * (sign / 6.0)
+        m01 = a01 * (sign / 6.0)
+        ok = np.abs(a00) > np.finfo(np.float32).eps
+        m00 = np.where(ok, m00, 0.0)
+        safe = np.where(ok, m00, 1.0)
+        return (m10 / safe).tolist(), (m01 / safe).tolist(), m00.tolist()
+
+
 @dataclass(frozen=True)
 class Specks:
     """Objects too small to be measured (below ``detail_area``): counted, never crystals."""
@@ -135,68 +186,72 @@ def find_blobs(
     found, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     # an outline of n points encloses at most ~n^2/(4 pi) pixels: skip specks without measuring
     min_pts = max(4, int(math.sqrt(4.0 * math.pi * min_area)))
+    cand = [np.asarray(c, dtype=np.int32) for c in found if len(c) >= min_pts]
     n_speck = n_thin = 0
     speck_area = 0.0
     blobs: list[Blob] = []
-    shapes = []
-    for c in found:
-        if len(c) < min_pts:
-            continue
-        perim0 = cv2.arcLength(c, True)
-        area = float(cv2.contourArea(c)) + 0.5 * perim0  # filled, rim pixels included
+    specks = Specks()
+    if not cand:
+        return blobs, specks, obj
+    # outline measures of all candidates at once (the same numbers OpenCV's per-contour calls give)
+    ol = _Outlines(cand)
+    perims = ol.perimeters().tolist()
+    areas = ol.areas().tolist()
+    xs0, ys0, ws_, hs_ = (v.tolist() for v in ol.boxes())
+    touch = np.maximum.reduceat(border[ol.pts[:, 1], ol.pts[:, 0]], ol.starts).tolist()
+    keep: list[tuple[int, float, tuple[int, int, int, int], float]] = []
+    for i, c in enumerate(cand):
+        perim0 = perims[i]
+        area = areas[i] + 0.5 * perim0  # filled, rim pixels included
         if area < min_area:
             continue
-        x, y, w, h = cv2.boundingRect(c)
+        x, y, w, h = xs0[i], ys0[i], ws_[i], hs_[i]
         if area < detail_area:  # a speck: counted, not measured
             n_speck += 1
             n_thin += max(w, h) > 8 * min(w, h)
             speck_area += area
             continue
-        pts = c[:, 0, :]
-        if border[pts[:, 1], pts[:, 0]].any():  # meniscus, skin at the edge: counted only
+        if touch[i]:  # meniscus, skin at the edge: counted only
             blobs.append(
-                Blob(np.asarray(c, dtype=np.int32), area, (x + w / 2.0, y + h / 2.0), (x, y, w, h),
-                     float(max(w, h)),
+                Blob(c, area, (x + w / 2.0, y + h / 2.0), (x, y, w, h), float(max(w, h)),
                      float(min(w, h)), 1.0, 0.0, 0.0, True, measured=False)
             )  # fmt: skip
             continue
-        hull = cv2.convexHull(c)
-        hull_area = float(cv2.contourArea(hull)) + 0.5 * cv2.arcLength(hull, True)
-        shapes.append((c, area, (x, y, w, h), hull, area / max(hull_area, 1.0), perim0))
+        keep.append((i, area, (x, y, w, h), perim0))
     specks = Specks(n_speck, n_thin, speck_area)
-    if not shapes:
+    if not keep:
         return blobs, specks, obj
+    shapes = [cand[t[0]] for t in keep]
+    hull_ol = _Outlines([np.asarray(cv2.convexHull(c), dtype=np.int32) for c in shapes])
+    hull_areas = (hull_ol.areas() + 0.5 * hull_ol.perimeters()).tolist()
+    cx_, cy_, m00_ = ol.centroids([t[0] for t in keep])
     # Feret diameters of all hulls at once: calipers in 32 directions (error below 0.5 %).
     # Contour points are pixel centres (+1 px), but the 3x3 edge band and the optics blur widen
     # every object by about 2.5 px (measured against rendered truth), hence the net -1.5 px.
-    hulls = [t[3].reshape(-1, 2) for t in shapes]
-    counts = np.fromiter((len(hh) for hh in hulls), np.int64, len(hulls))
-    proj = np.concatenate(hulls).astype(np.float64) @ _DIRS
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    proj = hull_ol.pts.astype(np.float64) @ _DIRS
+    starts = hull_ol.starts
     extent = np.maximum.reduceat(proj, starts, axis=0) - np.minimum.reduceat(proj, starts, axis=0)
     lengths = np.maximum(extent.max(axis=1) - 1.5, 1.0).tolist()
     widths = np.maximum(extent.min(axis=1) - 1.5, 1.0).tolist()
-    for k, (c, area, bbox, _hull, solidity, perim0) in enumerate(shapes):
+    solids = [area / max(hull_areas[k], 1.0) for k, (_i, area, _b, _p) in enumerate(keep)]
+    pol_, edge_, gran_ = _appearance(
+        [c for c, sol in zip(shapes, solids, strict=True) if sol >= 0.5], flat, grad, fine
+    )
+    j = 0
+    for k, (_i, area, bbox, perim0) in enumerate(keep):
+        c = shapes[k]
         x, y, w, h = bbox
+        solidity = solids[k]
         perim = perim0 + math.pi  # a pixel-centre outline is short by about pi
-        m = cv2.moments(c)
-        cen = (m["m10"] / m["m00"], m["m01"] / m["m00"]) if m["m00"] > 0 else (x + w / 2, y + h / 2)
+        cen = (cx_[k], cy_[k]) if m00_[k] > 0 else (x + w / 2, y + h / 2)
         ok = solidity >= 0.5
         gran = edge_s = pol = 0.0
         if ok:
-            # appearance in the object's box: polarity (mean level) over the filled outline,
-            # edge strength on its rim, granularity inside (rim excluded)
-            sub = np.zeros((h, w), np.uint8)
-            cv2.drawContours(sub, [c], -1, 1, -1, offset=(-x, -y))
-            inner = cv2.erode(sub, _K5, borderValue=0)
-            rim = cv2.subtract(sub, inner)
-            pol = (cv2.mean(flat[y : y + h, x : x + w], sub)[0] - 128.0) / 128.0
-            edge_s = cv2.mean(grad[y : y + h, x : x + w], rim)[0] / 128.0
-            if fine is not None:
-                gran = cv2.mean(fine[y : y + h, x : x + w], inner)[0] / 128.0
+            pol, edge_s, gran = pol_[j], edge_[j], gran_[j]
+            j += 1
         blobs.append(
             Blob(
-                contour=np.asarray(c, dtype=np.int32),
+                contour=c,
                 area=area,
                 centroid=(float(cen[0]), float(cen[1])),
                 bbox=bbox,
@@ -213,6 +268,30 @@ def find_blobs(
             )
         )
     return blobs, specks, obj
+
+
+def _appearance(
+    shapes: list[npt.NDArray[np.int32]],
+    flat: npt.NDArray[np.uint8],
+    grad: npt.NDArray[np.uint8],
+    fine: npt.NDArray[np.uint8] | None,
+) -> tuple[list[float], list[float], list[float]]:
+    """Per outline (filled, in its own box): polarity (mean level - 128) over it, edge strength
+    (mean 3x3 gradient) on its rim and granularity (mean fine contrast) inside the rim (5x5
+    erosion), all / 128."""
+    pol: list[float] = []
+    edge: list[float] = []
+    gran: list[float] = []
+    for c in shapes:
+        x, y, w, h = cv2.boundingRect(c)
+        sub = np.zeros((h, w), np.uint8)
+        cv2.drawContours(sub, [c], -1, 1, -1, offset=(-x, -y))
+        inner = cv2.erode(sub, _K5, borderValue=0)
+        rim = cv2.subtract(sub, inner)
+        pol.append((cv2.mean(flat[y : y + h, x : x + w], sub)[0] - 128.0) / 128.0)
+        edge.append(cv2.mean(grad[y : y + h, x : x + w], rim)[0] / 128.0)
+        gran.append(0.0 if fine is None else cv2.mean(fine[y : y + h, x : x + w], inner)[0] / 128.0)
+    return pol, edge, gran
 
 
 def fine_contrast(flat: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

@@ -17,6 +17,8 @@ __all__ = ["find_drop"]
 
 _K3 = np.ones((3, 3), np.uint8)
 _K5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+_ANG = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+_COS, _SIN = np.cos(_ANG), np.sin(_ANG)
 
 
 def find_drop(
@@ -33,32 +35,29 @@ def find_drop(
     # the meniscus is a thin dark line: black-hat (closing minus image) picks thin dark lines and
     # ignores broad shading such as the well wall's soft inner edge
     blackhat = cv2.morphologyEx(smooth, cv2.MORPH_BLACKHAT, _K5)
-    edge = (blackhat > edge_frac * ref).astype(np.uint8)
+    _, edge = cv2.threshold(blackhat, edge_frac * ref, 1, cv2.THRESH_BINARY)  # > (integers)
     edge = np.asarray(cv2.dilate(edge, _K3), dtype=np.uint8)
 
     region = np.zeros((h, w), np.uint8)
-    seeds: list[tuple[int, int]] = []
     if well is not None:
         cx, cy, _, r_in = well
         r_in = max(r_in - 1.5, 3.0)
         cv2.circle(region, (round(cx), round(cy)), round(r_in), 1, -1)
         # seed points just inside the wall, all round (the outside-the-drop part of the well)
-        ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-        for k in range(2, 5):
-            rr = r_in - k * max(1.0, 0.02 * r_in)
-            px = np.round(cx + rr * np.cos(ang)).astype(int).tolist()
-            py = np.round(cy + rr * np.sin(ang)).astype(int).tolist()
-            seeds += list(zip(px, py, strict=True))
+        rr = np.asarray([r_in - k * max(1.0, 0.02 * r_in) for k in range(2, 5)])[:, None]
+        sx = np.round(cx + rr * _COS).astype(np.int64).ravel()
+        sy = np.round(cy + rr * _SIN).astype(np.int64).ravel()
     else:
         region[:] = 1
+        seeds: list[tuple[int, int]] = []
         for t in np.linspace(0, 1, 16, endpoint=False):
             seeds += [(round(t * (w - 1)), 1), (round(t * (w - 1)), h - 2)]
             seeds += [(1, round(t * (h - 1))), (w - 2, round(t * (h - 1)))]
+        sx = np.asarray([p[0] for p in seeds], np.int64)
+        sy = np.asarray([p[1] for p in seeds], np.int64)
     # free space = inside the region, not on an edge; flood it from every seed (value 2),
     # checking the remaining seeds in bulk after each fill (most fall in the first one)
     free = cv2.subtract(region, edge)
-    sx = np.asarray([p[0] for p in seeds], np.int64)
-    sy = np.asarray([p[1] for p in seeds], np.int64)
     inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
     sx, sy = sx[inside], sy[inside]
     while sx.size:

@@ -13,6 +13,16 @@ def _design(xs: npt.NDArray[np.float32], ys: npt.NDArray[np.float32]) -> npt.NDA
     return np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=-1)
 
 
+def _median(v: npt.NDArray[np.float32]) -> float:
+    """``np.median`` of a 1-D float32 array (same value), without its generic overhead."""
+    n = v.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(v, k)[k])
+    part = np.partition(v, (k - 1, k))
+    return float((part[k - 1] + part[k]) / np.float32(2))
+
+
 def fit_background(
     coarse_roi: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8], max_points: int = 300
 ) -> npt.NDArray[np.float32]:
@@ -38,19 +48,21 @@ def fit_background(
     a = _design(xs.astype(np.float32) * sx - 1, ys.astype(np.float32) * sy - 1)
     keep = np.ones(vals.size, bool)
     coef = np.zeros(6, np.float32)
+    ridge = 1e-6 * np.eye(6, dtype=np.float32)
     for _ in range(2):
         ak = a[keep]
-        coef = np.linalg.solve(ak.T @ ak + 1e-6 * np.eye(6, dtype=np.float32), ak.T @ vals[keep])
+        coef = np.linalg.solve(ak.T @ ak + ridge, ak.T @ vals[keep])
         resid = vals - a @ coef
-        spread = 1.4826 * float(np.median(np.abs(resid[keep]))) + 1.0
+        spread = 1.4826 * _median(np.abs(resid[keep])) + 1.0
         keep = np.abs(resid) < 2.5 * spread
-        if keep.sum() < 12:
+        if np.count_nonzero(keep) < 12:
             break
     # evaluated on a small grid (the surface is smooth); flatten() interpolates it up
     gw, gh = min(w, 32), min(h, 32)
     gx = np.linspace(0, w - 1, gw, dtype=np.float32) * sx - 1
     gy = np.linspace(0, h - 1, gh, dtype=np.float32) * sy - 1
-    xx, yy = np.meshgrid(gx, gy)
+    xx = np.broadcast_to(gx[None, :], (gh, gw))
+    yy = np.broadcast_to(gy[:, None], (gh, gw))
     bg = _design(xx, yy) @ coef.astype(np.float32)
     return np.maximum(bg, 1.0).astype(np.float32)
 

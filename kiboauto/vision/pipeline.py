@@ -20,6 +20,8 @@ from .well import find_well
 
 __all__ = ["inspect"]
 
+_K5 = np.ones((5, 5), np.uint8)
+
 
 def inspect(
     image: npt.NDArray[np.generic], *, um_per_px: float = 1.0, params: InspectParams | None = None
@@ -77,7 +79,7 @@ def analyse(
     x1, y1 = min(x0 + bw, cw), min(y0 + bh, ch)
     roi_c = pyr.coarse[y0:y1, x0:x1]
     mroi_c = mask_c[y0:y1, x0:x1]
-    drop_area_c = float(mroi_c.sum())
+    drop_area_c = float(cv2.countNonZero(mroi_c))  # the mask is 0/1
     eq_r_c = math.sqrt(max(drop_area_c, 1.0) / math.pi)
     margin_c = max(1, round(p.edge_margin_frac * eq_r_c))
     k = np.ones((2 * margin_c + 1, 2 * margin_c + 1), np.uint8)
@@ -98,7 +100,7 @@ def analyse(
     blobs, specks, obj = find_blobs(
         flat, inner_w, p.crystal_contrast, min_area_w, diff, p.edge_contrast
     )
-    near_obj = np.asarray(cv2.dilate(obj, np.ones((5, 5), np.uint8)), dtype=np.uint8)
+    near_obj = np.asarray(cv2.dilate(obj, _K5), dtype=np.uint8)
     tex, fine = texture_density(diff, inner_w, near_obj)
 
     crystals: list[CrystalMeasure] = []
@@ -151,7 +153,8 @@ def analyse(
             )
         )
     inner_n = max(float(cv2.countNonZero(inner_w)), 1.0)
-    dark = float(cv2.countNonZero(cv2.bitwise_and(obj, (flat < 128).view(np.uint8))))
+    _, below = cv2.threshold(flat, 127, 1, cv2.THRESH_BINARY_INV)  # flat < 128
+    dark = float(cv2.countNonZero(cv2.bitwise_and(obj, below)))
     features.update(
         {
             "n_crystals": float(len(crystals)),
@@ -186,12 +189,12 @@ def analyse(
             if m["m00"] > 0
             else (x0 + bw / 2, y0 + bh / 2)
         )
-        pts = (contour_c.reshape(-1, 2) * cs + cs // 2).tolist()
+        pts = contour_c.reshape(-1, 2) * cs + cs // 2
         drop = DropInfo(
             bbox_px=(x0 * cs, y0 * cs, bw * cs, bh * cs),
             area_px=drop_area_c * cs * cs,
             centroid_px=((cen[0] + 0.5) * cs - 0.5, (cen[1] + 0.5) * cs - 0.5),
-            contour_px=tuple((p[0], p[1]) for p in pts),
+            contour_px=tuple(zip(pts[:, 0].tolist(), pts[:, 1].tolist(), strict=True)),
         )
     result = Inspection(
         drop_class=drop_class,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -14,13 +16,26 @@ __all__ = ["find_well", "fit_circle"]
 def fit_circle(
     xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64]
 ) -> tuple[float, float, float]:
-    """Least-squares (Kåsa) circle through points: (cx, cy, r)."""
-    a = np.column_stack([xs, ys, np.ones_like(xs)])
-    b = xs * xs + ys * ys
-    sol = np.linalg.solve(a.T @ a + 1e-9 * np.eye(3), a.T @ b)  # normal equations: 3x3, fast
-    cx, cy = sol[0] / 2.0, sol[1] / 2.0
-    r = float(np.sqrt(max(sol[2] + cx * cx + cy * cy, 0.0)))
-    return float(cx), float(cy), r
+    """Least-squares (Kåsa) circle through points: (cx, cy, r).
+
+    The 3x3 normal equations are formed with one product and solved by Cramer's rule (plain
+    floats: far cheaper than a LAPACK call for so small a system).
+    """
+    a = np.stack((xs, ys, np.ones_like(xs)))
+    m = (a @ a.T).tolist()
+    v = (a @ (xs * xs + ys * ys)).tolist()
+    (p, q, r_), (_, s, t), (_, _, u) = m
+    p, s, u = p + 1e-9, s + 1e-9, u + 1e-9
+    det = p * (s * u - t * t) - q * (q * u - t * r_) + r_ * (q * t - s * r_)
+    if det == 0.0:
+        det = 1e-300
+    b0, b1, b2 = v
+    d0 = b0 * (s * u - t * t) - q * (b1 * u - t * b2) + r_ * (b1 * t - s * b2)
+    d1 = p * (b1 * u - t * b2) - b0 * (q * u - t * r_) + r_ * (q * b2 - b1 * r_)
+    d2 = p * (s * b2 - b1 * t) - q * (q * b2 - b1 * r_) + b0 * (q * t - s * r_)
+    cx, cy = d0 / det / 2.0, d1 / det / 2.0
+    r = math.sqrt(max(d2 / det + cx * cx + cy * cy, 0.0))
+    return cx, cy, r
 
 
 def find_well(small: npt.NDArray[np.uint8]) -> tuple[float, float, float, float] | None:
@@ -40,10 +55,13 @@ def find_well(small: npt.NDArray[np.uint8]) -> tuple[float, float, float, float]
     contours, _ = cv2.findContours(bright, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     best: npt.NDArray[np.int32] | None = None
     best_extent = 0
+    min_extent = 0.4 * short
     for c in contours:
+        if len(c) < min_extent:
+            continue  # an outline of n points spans at most n pixels: too small to be the well
         x, y, bw, bh = cv2.boundingRect(c)
         extent = max(bw, bh)
-        if extent < 0.4 * short or extent <= best_extent:
+        if extent < min_extent or extent <= best_extent:
             continue
         if x <= 0 or y <= 0 or x + bw >= w or y + bh >= h:
             continue  # touches the frame: the field outside the well, not its inside
@@ -56,7 +74,7 @@ def find_well(small: npt.NDArray[np.uint8]) -> tuple[float, float, float, float]
     for tol in (0.10, 0.04):
         d = np.abs(np.hypot(xs - cx, ys - cy) - r)
         keep = d < tol * r + 1.0
-        if keep.sum() < 12:
+        if np.count_nonzero(keep) < 12:
             break
         cx, cy, r = fit_circle(xs[keep], ys[keep])
     if not (0.2 * short < r < 0.8 * max(h, w)):
@@ -67,7 +85,7 @@ def find_well(small: npt.NDArray[np.uint8]) -> tuple[float, float, float, float]
     polar = cv2.warpPolar(
         smooth, (n_r, 90), (cx, cy), max_r, cv2.WARP_POLAR_LINEAR | cv2.WARP_FILL_OUTLIERS
     )
-    profile = polar.astype(np.float32).mean(axis=0)
+    profile = cv2.reduce(polar, 0, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
     i0 = int(r / max_r * n_r)
     ring = r
     if i0 < n_r - 2:
