@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from kiboauto.clock import Clock
-from kiboauto.drivers.cavro import (
+from kiboauto.drivers.cavro_wire import (
     ALL_PUMPS_ADDRESS,
     CR,
     DT_START,

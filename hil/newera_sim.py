@@ -18,7 +18,7 @@ import re
 from typing import Any, ClassVar
 
 from kiboauto.clock import Clock
-from kiboauto.drivers.newera import (
+from kiboauto.drivers.newera_wire import (
     ALARMS,
     CR,
     MAX_SAFE_LENGTH,

@@ -23,11 +23,11 @@ from kiboauto.devices import (
     SyringePump,
     Valve,
 )
-from kiboauto.drivers.cavro import (
+from kiboauto.drivers.cavro import CavroPump
+from kiboauto.drivers.cavro_wire import (
     ETX,
     STX,
     CavroAnswer,
-    CavroPump,
     address_char,
     build_dt_answer,
     build_dt_command,

@@ -28,12 +28,11 @@ from kiboauto.devices import (
     Progress,
     SyringePump,
 )
-from kiboauto.drivers.newera import (
+from kiboauto.drivers.newera import NewEraCommandError, NewEraPump
+from kiboauto.drivers.newera_wire import (
     ALARMS,
     ERRORS,
     STATUS_TEXT,
-    NewEraCommandError,
-    NewEraPump,
     crc16_xmodem,
     decode_reply_data,
     encode_basic_reply,
