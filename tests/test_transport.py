@@ -7,6 +7,8 @@ device-specific behaviour is tested with each driver.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -58,25 +60,34 @@ def parse(buf: bytes) -> tuple[str, int] | None:
     return body.decode(), end + 2
 
 
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.req("KA-TRN-001")
-async def test_request_reply_over_a_real_pty() -> None:
+@contextlib.asynccontextmanager
+async def pty_device() -> AsyncIterator[tuple[LineDevice, str]]:
+    """A line device served on a fresh pty: (device, slave path); both closed afterwards."""
     sim = LineDevice(clock=RealClock())
     port = PtyPort(sim)
     port.start()
-    transport = SerialTransport("line", serial_connector(port.path), port=port.path)
     try:
-        await transport.open()
-        assert await transport.request(b"hello\r", parse, timeout=2.0) == "HELLO"
-        assert await transport.request(b"abc\r", parse, timeout=2.0) == "ABC"
-        tx = [e.data for e in transport.trace if e.direction == "tx"]
-        rx = b"".join(e.data for e in transport.trace if e.direction == "rx")
-        assert tx == [b"hello\r", b"abc\r"]
-        assert rx == b"<HELLO>\r<ABC>\r"
+        yield sim, port.path
     finally:
-        await transport.close()
         await port.close()
         await sim.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.req("KA-TRN-001")
+async def test_request_reply_over_a_real_pty() -> None:
+    async with pty_device() as (_sim, path):
+        transport = SerialTransport("line", serial_connector(path), port=path)
+        try:
+            await transport.open()
+            assert await transport.request(b"hello\r", parse, timeout=2.0) == "HELLO"
+            assert await transport.request(b"abc\r", parse, timeout=2.0) == "ABC"
+            tx = [e.data for e in transport.trace if e.direction == "tx"]
+            rx = b"".join(e.data for e in transport.trace if e.direction == "rx")
+            assert tx == [b"hello\r", b"abc\r"]
+            assert rx == b"<HELLO>\r<ABC>\r"
+        finally:
+            await transport.close()
 
 
 @pytest.mark.req("KA-TRN-001")
@@ -165,24 +176,20 @@ def test_reconnects_after_the_line_hangs_up() -> None:
 
 @pytest.mark.req("KA-TRN-003")
 async def test_reopens_a_pty_that_went_silent() -> None:
-    sim = LineDevice(clock=RealClock())
-    port = PtyPort(sim)
-    port.start()
-    t = SerialTransport("line", serial_connector(port.path), port=port.path, reconnect_delay=0.05)
-    try:
-        await t.open()
-        sim.inject(Fault(FaultKind.HANGUP, seconds=0.3))
-        with pytest.raises(DeviceTimeout):
-            await t.request(b"a\r", parse, timeout=0.2)
-        with pytest.raises(DeviceTimeout):
-            await t.request(b"b\r", parse, timeout=0.2)
-        # Two silent timeouts in a row: the transport reopens the port before the next request.
-        assert await t.request(b"c\r", parse, timeout=1.0) == "C"
-        assert t.reconnects == 1
-    finally:
-        await t.close()
-        await port.close()
-        await sim.aclose()
+    async with pty_device() as (sim, path):
+        t = SerialTransport("line", serial_connector(path), port=path, reconnect_delay=0.05)
+        try:
+            await t.open()
+            sim.inject(Fault(FaultKind.HANGUP, seconds=0.3))
+            with pytest.raises(DeviceTimeout):
+                await t.request(b"a\r", parse, timeout=0.2)
+            with pytest.raises(DeviceTimeout):
+                await t.request(b"b\r", parse, timeout=0.2)
+            # Two silent timeouts in a row: the transport reopens the port before the next request.
+            assert await t.request(b"c\r", parse, timeout=1.0) == "C"
+            assert t.reconnects == 1
+        finally:
+            await t.close()
 
 
 @pytest.mark.req("KA-TRN-003")
@@ -199,23 +206,19 @@ def test_missing_port_is_a_clear_disconnected_error() -> None:
 
 @pytest.mark.req("KA-TRN-005")
 async def test_one_owner_per_port() -> None:
-    sim = LineDevice(clock=RealClock())
-    port = PtyPort(sim)
-    port.start()
-    a = SerialTransport("first", serial_connector(port.path), port=port.path)
-    b = SerialTransport("second", serial_connector(port.path), port=port.path)
-    try:
-        await a.open()
-        with pytest.raises(DeviceError, match="already owned by first"):
-            await b.open()
-        await a.close()
-        await b.open()  # released on close
-        assert await b.request(b"ok\r", parse, timeout=2.0) == "OK"
-    finally:
-        await a.close()
-        await b.close()
-        await port.close()
-        await sim.aclose()
+    async with pty_device() as (_sim, path):
+        a = SerialTransport("first", serial_connector(path), port=path)
+        b = SerialTransport("second", serial_connector(path), port=path)
+        try:
+            await a.open()
+            with pytest.raises(DeviceError, match="already owned by first"):
+                await b.open()
+            await a.close()
+            await b.open()  # released on close
+            assert await b.request(b"ok\r", parse, timeout=2.0) == "OK"
+        finally:
+            await a.close()
+            await b.close()
 
 
 @pytest.mark.req("KA-TRN-005")
@@ -223,18 +226,14 @@ async def test_a_second_process_style_open_of_the_pty_is_refused() -> None:
     """pyserial's exclusive lock stops a second opener even outside our owner registry."""
     import serial
 
-    sim = LineDevice(clock=RealClock())
-    port = PtyPort(sim)
-    port.start()
-    t = SerialTransport("line", serial_connector(port.path), port=port.path)
-    try:
-        await t.open()
-        with pytest.raises(serial.SerialException):
-            serial.Serial(port.path, exclusive=True)
-    finally:
-        await t.close()
-        await port.close()
-        await sim.aclose()
+    async with pty_device() as (_sim, path):
+        t = SerialTransport("line", serial_connector(path), port=path)
+        try:
+            await t.open()
+            with pytest.raises(serial.SerialException):
+                serial.Serial(path, exclusive=True)
+        finally:
+            await t.close()
 
 
 @pytest.mark.req("KA-BAD-001")
@@ -313,18 +312,14 @@ def test_trace_saved_and_replayed_as_a_device(tmp_path: Path) -> None:
 @pytest.mark.req("KA-TRN-001")
 async def test_pty_is_raw_no_echo() -> None:
     """A byte that a cooked tty would translate (CR, ^C) arrives unchanged."""
-    sim = LineDevice(clock=RealClock())
-    port = PtyPort(sim)
-    port.start()
-    t = SerialTransport("line", serial_connector(port.path), port=port.path)
-    try:
+    async with pty_device() as (sim, path):
+        t = SerialTransport("line", serial_connector(path), port=path)
+        try:
 
-        def whole(b: bytes) -> tuple[bytes, int] | None:
-            return (b, len(b)) if b.endswith(b"\r") else None
+            def whole(b: bytes) -> tuple[bytes, int] | None:
+                return (b, len(b)) if b.endswith(b"\r") else None
 
-        await t.request(b"a\x03b\r", whole, timeout=2)
-        assert sim.executed[-1] == b"a\x03b"
-    finally:
-        await t.close()
-        await port.close()
-        await sim.aclose()
+            await t.request(b"a\x03b\r", whole, timeout=2)
+            assert sim.executed[-1] == b"a\x03b"
+        finally:
+            await t.close()
