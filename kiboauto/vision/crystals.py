@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import numpy.typing as npt
 
 __all__ = [
     "Blob",
-    "Specks",
+    "Unmeasured",
     "find_blobs",
     "fine_contrast",
     "object_map",
@@ -24,7 +25,7 @@ _K3 = np.ones((3, 3), np.uint8)
 _K5 = np.ones((5, 5), np.uint8)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Blob:
     """A connected object in working pixels (ROI coordinates) with its shape measures."""
 
@@ -37,7 +38,6 @@ class Blob:
     solidity: float
     circularity: float
     straightness: float  # measured only for accepted crystals (see :func:`straightness`)
-    touches_edge: bool  # reaches the border of the searched area (meniscus, skin at the edge)
     granularity: float = 0.0  # mean fine (5x5) contrast inside, / 128: high for grainy clouds
     edge_strength: float = 0.0  # mean 3x3 gradient on the outline, / 128: crystals are sharp
     polarity: float = 0.0  # mean (flattened - 128) / 128 inside: dark (< 0) or bright (> 0)
@@ -140,12 +140,23 @@ class _Outlines:
 
 
 @dataclass(frozen=True)
-class Specks:
-    """Objects too small to be measured (below ``detail_area``): counted, never crystals."""
+class Unmeasured:
+    """Objects that are counted but never measured, so never crystals: specks (below the detail
+    area) and objects reaching the border of the searched area (the meniscus, skin at the edge)."""
 
-    count: int = 0
-    thin: int = 0  # of them, elongated (aspect > 8)
-    area: float = 0.0  # their total area in working pixels
+    specks: int = 0
+    thin: int = 0  # specks that are elongated (aspect > 8)
+    edge: int = 0  # objects touching the border
+    edge_small: int = 0  # of them, smaller than ``small_area``
+    area: float = 0.0  # total area of all of them, in working pixels
+
+
+@functools.cache
+def _contrast_lut(contrast: float) -> npt.NDArray[np.uint8]:
+    """1 for flattened levels clearly brighter (> 128 (1 + c)) or darker (< 128 (1 - c))."""
+    level = np.arange(256, dtype=np.float64)
+    out = (level > math.floor(128.0 * (1.0 + contrast))) | (level < 128.0 * (1.0 - contrast))
+    return out.astype(np.uint8)
 
 
 def object_map(
@@ -155,12 +166,8 @@ def object_map(
     background (128), or on a sharp edge (crystal faces can match the background; their outlines
     still are sharp), inside ``mask``, closed by 3x3."""
     grad = np.asarray(cv2.morphologyEx(flat, cv2.MORPH_GRADIENT, _K3), dtype=np.uint8)
-    hi = 128.0 * (1.0 + contrast)  # flat > hi
-    lo = math.ceil(128.0 * (1.0 - contrast)) - 1  # flat < 128 (1 - contrast)  <=>  flat <= lo
-    _, bright = cv2.threshold(flat, math.floor(hi), 1, cv2.THRESH_BINARY)
-    _, dark = cv2.threshold(flat, lo, 1, cv2.THRESH_BINARY_INV)
     _, sharp = cv2.threshold(grad, math.floor(128.0 * edge), 1, cv2.THRESH_BINARY)
-    obj = cv2.bitwise_and(cv2.bitwise_or(cv2.bitwise_or(bright, dark), sharp), mask)
+    obj = cv2.bitwise_and(cv2.bitwise_or(cv2.LUT(flat, _contrast_lut(contrast)), sharp), mask)
     return np.asarray(cv2.morphologyEx(obj, cv2.MORPH_CLOSE, _K3), dtype=np.uint8), grad
 
 
@@ -172,27 +179,26 @@ def find_blobs(
     fine: npt.NDArray[np.uint8] | None = None,
     edge: float = 0.15,
     detail_area: float = 32.0,
-) -> tuple[list[Blob], Specks, npt.NDArray[np.uint8]]:
+    small_area: float = 0.0,
+) -> tuple[list[Blob], Unmeasured, npt.NDArray[np.uint8]]:
     """Objects whose flattened contrast exceeds ``contrast`` inside ``mask`` (ROI working pixels).
 
-    Returns the blobs of at least ``detail_area`` pixels, the summary of the smaller specks (at
-    least ``min_area``) and the binary object map. Areas, boxes and centroids come from one
-    connected-components pass; outlines are traced only for the blobs; the costly appearance
-    measures are taken only for blobs that do not touch the border and are not ragged (others
-    cannot be crystals), all at once per label.
+    Returns the blobs (at least ``detail_area`` pixels, not touching the border of ``mask``), the
+    summary of the objects only counted (specks of at least ``min_area``, objects on the border)
+    and the binary object map. Outlines are measured all at once; the costly appearance measures
+    are taken only for blobs that are not ragged (others cannot be crystals).
     """
     obj, grad = object_map(flat, mask, contrast, edge)
     border = cv2.subtract(mask, cv2.erode(mask, _K3, borderValue=0))
     found, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     # an outline of n points encloses at most ~n^2/(4 pi) pixels: skip specks without measuring
     min_pts = max(4, int(math.sqrt(4.0 * math.pi * min_area)))
-    cand = [np.asarray(c, dtype=np.int32) for c in found if len(c) >= min_pts]
-    n_speck = n_thin = 0
-    speck_area = 0.0
+    cand = [c for c in found if len(c) >= min_pts]
+    n_speck = n_thin = n_edge = n_edge_small = 0
+    other_area = 0.0
     blobs: list[Blob] = []
-    specks = Specks()
     if not cand:
-        return blobs, specks, obj
+        return blobs, Unmeasured(), obj
     # outline measures of all candidates at once (the same numbers OpenCV's per-contour calls give)
     ol = _Outlines(cand)
     perims = ol.perimeters().tolist()
@@ -200,27 +206,24 @@ def find_blobs(
     xs0, ys0, ws_, hs_ = (v.tolist() for v in ol.boxes())
     touch = np.maximum.reduceat(border[ol.pts[:, 1], ol.pts[:, 0]], ol.starts).tolist()
     keep: list[tuple[int, float, tuple[int, int, int, int], float]] = []
-    for i, c in enumerate(cand):
-        perim0 = perims[i]
+    for i, perim0 in enumerate(perims):
         area = areas[i] + 0.5 * perim0  # filled, rim pixels included
         if area < min_area:
             continue
-        x, y, w, h = xs0[i], ys0[i], ws_[i], hs_[i]
         if area < detail_area:  # a speck: counted, not measured
+            w, h = ws_[i], hs_[i]
             n_speck += 1
             n_thin += max(w, h) > 8 * min(w, h)
-            speck_area += area
-            continue
-        if touch[i]:  # meniscus, skin at the edge: counted only
-            blobs.append(
-                Blob(c, area, (x + w / 2.0, y + h / 2.0), (x, y, w, h), float(max(w, h)),
-                     float(min(w, h)), 1.0, 0.0, 0.0, True, measured=False)
-            )  # fmt: skip
-            continue
-        keep.append((i, area, (x, y, w, h), perim0))
-    specks = Specks(n_speck, n_thin, speck_area)
+            other_area += area
+        elif touch[i]:  # meniscus, skin at the edge: counted only
+            n_edge += 1
+            n_edge_small += area < small_area
+            other_area += area
+        else:
+            keep.append((i, area, (xs0[i], ys0[i], ws_[i], hs_[i]), perim0))
+    unmeasured = Unmeasured(n_speck, n_thin, n_edge, n_edge_small, other_area)
     if not keep:
-        return blobs, specks, obj
+        return blobs, unmeasured, obj
     shapes = [cand[t[0]] for t in keep]
     hull_ol = _Outlines([np.asarray(cv2.convexHull(c), dtype=np.int32) for c in shapes])
     hull_areas = (hull_ol.areas() + 0.5 * hull_ol.perimeters()).tolist()
@@ -235,7 +238,7 @@ def find_blobs(
     widths = np.maximum(extent.min(axis=1) - 1.5, 1.0).tolist()
     solids = [area / max(hull_areas[k], 1.0) for k, (_i, area, _b, _p) in enumerate(keep)]
     pol_, edge_, gran_ = _appearance(
-        [c for c, sol in zip(shapes, solids, strict=True) if sol >= 0.5], flat, grad, fine
+        [(shapes[k], keep[k][2]) for k, sol in enumerate(solids) if sol >= 0.5], flat, grad, fine
     )
     j = 0
     for k, (_i, area, bbox, perim0) in enumerate(keep):
@@ -260,30 +263,28 @@ def find_blobs(
                 solidity=solidity,
                 circularity=min(1.0, 4.0 * math.pi * area / max(perim * perim, 1.0)),
                 straightness=0.0,
-                touches_edge=False,
                 granularity=gran,
                 edge_strength=edge_s,
                 polarity=pol,
                 measured=ok,
             )
         )
-    return blobs, specks, obj
+    return blobs, unmeasured, obj
 
 
 def _appearance(
-    shapes: list[npt.NDArray[np.int32]],
+    shapes: list[tuple[npt.NDArray[np.int32], tuple[int, int, int, int]]],
     flat: npt.NDArray[np.uint8],
     grad: npt.NDArray[np.uint8],
     fine: npt.NDArray[np.uint8] | None,
 ) -> tuple[list[float], list[float], list[float]]:
-    """Per outline (filled, in its own box): polarity (mean level - 128) over it, edge strength
-    (mean 3x3 gradient) on its rim and granularity (mean fine contrast) inside the rim (5x5
-    erosion), all / 128."""
+    """Per outline (with its bounding box; filled, in its own box): polarity (mean level - 128)
+    over it, edge strength (mean 3x3 gradient) on its rim and granularity (mean fine contrast)
+    inside the rim (5x5 erosion), all / 128."""
     pol: list[float] = []
     edge: list[float] = []
     gran: list[float] = []
-    for c in shapes:
-        x, y, w, h = cv2.boundingRect(c)
+    for c, (x, y, w, h) in shapes:
         sub = np.zeros((h, w), np.uint8)
         cv2.drawContours(sub, [c], -1, 1, -1, offset=(-x, -y))
         inner = cv2.erode(sub, _K5, borderValue=0)

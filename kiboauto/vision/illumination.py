@@ -9,20 +9,6 @@ import numpy.typing as npt
 __all__ = ["fit_background", "flatten"]
 
 
-def _design(xs: npt.NDArray[np.float32], ys: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=-1)
-
-
-def _median(v: npt.NDArray[np.float32]) -> float:
-    """``np.median`` of a 1-D float32 array (same value), without its generic overhead."""
-    n = v.size
-    k = n // 2
-    if n % 2:
-        return float(np.partition(v, k)[k])
-    part = np.partition(v, (k - 1, k))
-    return float((part[k - 1] + part[k]) / np.float32(2))
-
-
 def fit_background(
     coarse_roi: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8], max_points: int = 300
 ) -> npt.NDArray[np.float32]:
@@ -36,34 +22,39 @@ def fit_background(
     h, w = coarse_roi.shape
     step = max(1, int(np.sqrt(h * w / (2.0 * max_points))))
     ys, xs = np.nonzero(mask[::step, ::step])
-    ys, xs = ys * step, xs * step
-    if xs.size < 12:
+    n = xs.size
+    if n < 12:
         level = float(np.median(coarse_roi)) if coarse_roi.size else 1.0
         return np.full((min(h, 32), min(w, 32)), max(level, 1.0), np.float32)
-    if xs.size > max_points:
-        pick = np.linspace(0, xs.size - 1, max_points).astype(np.int64)
-        xs, ys = xs[pick], ys[pick]
+    if n > max_points:  # evenly spread picks, first and last included
+        pick = np.arange(max_points, dtype=np.int64) * (n - 1) // (max_points - 1)
+        xs, ys, n = xs[pick], ys[pick], max_points
+    xs, ys = xs * step, ys * step
     vals = coarse_roi[ys, xs].astype(np.float32)
+    # coordinates scaled to [-1, 1] over the ROI, design columns 1, u, v, u^2, uv, v^2
     sx, sy = 2.0 / max(w, 1), 2.0 / max(h, 1)
-    a = _design(xs.astype(np.float32) * sx - 1, ys.astype(np.float32) * sy - 1)
-    keep = np.ones(vals.size, bool)
-    coef = np.zeros(6, np.float32)
-    ridge = 1e-6 * np.eye(6, dtype=np.float32)
+    u = xs.astype(np.float32) * np.float32(sx) - 1
+    v = ys.astype(np.float32) * np.float32(sy) - 1
+    a = np.empty((n, 6), np.float32)
+    a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5] = 1, u, v, u * u, u * v, v * v
+    keep: npt.NDArray[np.bool_] | None = None
+    coef = np.zeros((6, 1), np.float32)
     for _ in range(2):
-        ak = a[keep]
-        coef = np.linalg.solve(ak.T @ ak + ridge, ak.T @ vals[keep])
-        resid = vals - a @ coef
-        spread = 1.4826 * _median(np.abs(resid[keep])) + 1.0
-        keep = np.abs(resid) < 2.5 * spread
+        ak, vk = (a, vals) if keep is None else (a[keep], vals[keep])
+        _, coef = cv2.solve(ak, vk[:, None], flags=cv2.DECOMP_CHOLESKY | cv2.DECOMP_NORMAL)
+        resid = np.abs(vals - (a @ coef).ravel())
+        rk = resid if keep is None else resid[keep]
+        med = float(np.partition(rk, rk.size // 2)[rk.size // 2])  # (upper) median
+        keep = resid < 2.5 * (1.4826 * med + 1.0)
         if np.count_nonzero(keep) < 12:
             break
     # evaluated on a small grid (the surface is smooth); flatten() interpolates it up
     gw, gh = min(w, 32), min(h, 32)
-    gx = np.linspace(0, w - 1, gw, dtype=np.float32) * sx - 1
-    gy = np.linspace(0, h - 1, gh, dtype=np.float32) * sy - 1
-    xx = np.broadcast_to(gx[None, :], (gh, gw))
-    yy = np.broadcast_to(gy[:, None], (gh, gw))
-    bg = _design(xx, yy) @ coef.astype(np.float32)
+    gx = np.arange(gw, dtype=np.float32) * np.float32((w - 1) * sx / max(gw - 1, 1)) - 1
+    gy = np.arange(gh, dtype=np.float32) * np.float32((h - 1) * sy / max(gh - 1, 1)) - 1
+    gy = gy[:, None]
+    c0, c1, c2, c3, c4, c5 = coef.ravel().tolist()
+    bg = (c0 + c1 * gx + c3 * gx * gx) + gy * (c2 + c4 * gx) + c5 * gy * gy
     return np.maximum(bg, 1.0).astype(np.float32)
 
 

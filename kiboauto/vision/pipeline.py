@@ -97,8 +97,14 @@ def analyse(
 
     min_area_w = p.min_crystal_px / (ws * ws)
     diff = fine_contrast(flat)
-    blobs, specks, obj = find_blobs(
-        flat, inner_w, p.crystal_contrast, min_area_w, diff, p.edge_contrast
+    blobs, counted, obj = find_blobs(
+        flat,
+        inner_w,
+        p.crystal_contrast,
+        min_area_w,
+        diff,
+        p.edge_contrast,
+        small_area=4 * min_area_w,
     )
     near_obj = np.asarray(cv2.dilate(obj, _K5), dtype=np.uint8)
     tex, fine = texture_density(diff, inner_w, near_obj)
@@ -106,8 +112,9 @@ def analyse(
     crystals: list[CrystalMeasure] = []
     best_score = 0.0
     drop_area_w = max(drop_area_c * f * f, 1.0)
-    n_round, n_thin, n_small, n_edge = 0, specks.thin, specks.count, 0
-    rejected_area = specks.area
+    n_round, n_thin = 0, counted.thin
+    n_small, n_edge = counted.specks + counted.edge_small, counted.edge
+    rejected_area = counted.area
     gran: list[float] = []
     candidates: list[tuple[Blob, tuple[float, float]]] = []
     inner_blobs = [b for b in blobs if b.measured]
@@ -122,9 +129,7 @@ def analyse(
         if b.measured:
             full = ((b.centroid[0] + wx0 + 0.5) * ws - 0.5, (b.centroid[1] + wy0 + 0.5) * ws - 0.5)
             candidates.append((b, full))
-        if b.touches_edge:
-            n_edge += 1
-        elif b.circularity > 0.8 and b.aspect < 1.35:
+        if b.circularity > 0.8 and b.aspect < 1.35:
             n_round += 1
         elif b.solidity < 0.5 or b.aspect > 8:
             n_thin += 1
@@ -158,7 +163,7 @@ def analyse(
     features.update(
         {
             "n_crystals": float(len(crystals)),
-            "n_blobs": float(len(blobs) + specks.count),
+            "n_blobs": float(len(blobs) + counted.specks + counted.edge),
             "n_round": float(n_round),
             "n_thin": float(n_thin),
             "n_small": float(n_small),

@@ -18,13 +18,13 @@ def fit_circle(
 ) -> tuple[float, float, float]:
     """Least-squares (Kåsa) circle through points: (cx, cy, r).
 
-    The 3x3 normal equations are formed with one product and solved by Cramer's rule (plain
-    floats: far cheaper than a LAPACK call for so small a system).
+    The 3x3 normal equations are formed from a few dot products and solved by Cramer's rule
+    (plain floats: far cheaper than a LAPACK call for so small a system).
     """
-    a = np.stack((xs, ys, np.ones_like(xs)))
-    m = (a @ a.T).tolist()
-    v = (a @ (xs * xs + ys * ys)).tolist()
-    (p, q, r_), (_, s, t), (_, _, u) = m
+    z = xs * xs + ys * ys
+    p, q, r_ = float(xs @ xs), float(xs @ ys), float(xs.sum())
+    s, t, u = float(ys @ ys), float(ys.sum()), float(xs.size)
+    v = (float(xs @ z), float(ys @ z), float(z.sum()))
     p, s, u = p + 1e-9, s + 1e-9, u + 1e-9
     det = p * (s * u - t * t) - q * (q * u - t * r_) + r_ * (q * t - s * r_)
     if det == 0.0:
