@@ -66,25 +66,31 @@ _DIRS = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)])  # (2, 32): unit vectors ev
 
 def straightness(contour: npt.NDArray[np.int32], equiv_diam: float) -> float:
     """How well a few straight segments explain the outline: 1 = polygon, ~0 = round/ragged."""
-    pts = contour.reshape(-1, 2).astype(np.float64)
-    if len(pts) < 6:
+    n = len(contour)
+    if n < 6:
         return 1.0
     perim = cv2.arcLength(contour, True)
     poly = cv2.approxPolyDP(contour, max(1.0, 0.035 * perim), True).reshape(-1, 2)
-    poly = poly.astype(np.float64)
-    if len(poly) < 3:
+    m = len(poly)
+    if m < 3:
         return 1.0
-    a = poly
-    b = np.roll(poly, -1, axis=0)
-    ab = b - a
-    denom = np.maximum((ab * ab).sum(axis=1), 1e-9)
-    # distance of every outline point to its nearest polygon segment
-    ap = pts[:, None, :] - a[None, :, :]
-    t = np.clip((ap * ab[None]).sum(-1) / denom[None], 0.0, 1.0)
-    proj = a[None] + t[..., None] * ab[None]
-    dist = np.sqrt(((pts[:, None, :] - proj) ** 2).sum(-1)).min(axis=1)
-    dev = float(dist.mean())
-    many = max(0, len(poly) - 8) * 0.08  # a polygon needing many corners is round
+    # distance of every outline point (rows) to every polygon segment (columns); keep the nearest
+    a = poly.astype(np.float64)
+    ab = np.empty_like(a)
+    np.subtract(a[1:], a[:-1], out=ab[:-1])
+    np.subtract(a[0], a[-1], out=ab[-1])  # closing segment
+    abx, aby = ab[:, 0], ab[:, 1]
+    inv = 1.0 / np.maximum(abx * abx + aby * aby, 1e-9)
+    pts = contour.reshape(-1, 2).astype(np.float64)
+    px = pts[:, 0:1] - a[:, 0]
+    py = pts[:, 1:2] - a[:, 1]
+    t = (px * abx + py * aby) * inv  # position of the foot of the perpendicular on the segment
+    np.maximum(t, 0.0, out=t)
+    np.minimum(t, 1.0, out=t)
+    px -= t * abx
+    py -= t * aby
+    dev = float(np.sqrt((px * px + py * py).min(axis=1)).sum()) / n
+    many = max(0, m - 8) * 0.08  # a polygon needing many corners is round
     score = 1.0 - max(dev - 0.35, 0.0) / max(0.035 * equiv_diam, 0.5) - many
     return float(min(1.0, max(0.0, score)))
 

@@ -28,6 +28,16 @@ def find_drop(
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]] | None:
     """The drop as (filled mask, outer contour) in coarse pixels, or None if there is none."""
     h, w = coarse.shape
+    ox = oy = 0
+    if well is not None:
+        # only the well's inside matters: work on its bounding box plus a margin wider than the
+        # reach of the filters below (so the crop changes nothing inside the well)
+        cx, cy, _, r_in = well
+        pad = max(r_in - 1.5, 3.0) + 8.0
+        ox, oy = max(int(cx - pad), 0), max(int(cy - pad), 0)
+        coarse = coarse[oy : min(int(cy + pad) + 2, h), ox : min(int(cx + pad) + 2, w)]
+        well = (cx - ox, cy - oy, 0.0, r_in)
+    ch, cw = coarse.shape
     smooth = np.asarray(cv2.GaussianBlur(coarse, (3, 3), 0), dtype=np.uint8)
     ref = percentile_u8(smooth, 75)
     if ref < 8:
@@ -38,7 +48,7 @@ def find_drop(
     _, edge = cv2.threshold(blackhat, edge_frac * ref, 1, cv2.THRESH_BINARY)  # > (integers)
     edge = np.asarray(cv2.dilate(edge, _K3), dtype=np.uint8)
 
-    region = np.zeros((h, w), np.uint8)
+    region = np.zeros((ch, cw), np.uint8)
     if well is not None:
         cx, cy, _, r_in = well
         r_in = max(r_in - 1.5, 3.0)
@@ -51,14 +61,14 @@ def find_drop(
         region[:] = 1
         seeds: list[tuple[int, int]] = []
         for t in np.linspace(0, 1, 16, endpoint=False):
-            seeds += [(round(t * (w - 1)), 1), (round(t * (w - 1)), h - 2)]
-            seeds += [(1, round(t * (h - 1))), (w - 2, round(t * (h - 1)))]
+            seeds += [(round(t * (cw - 1)), 1), (round(t * (cw - 1)), ch - 2)]
+            seeds += [(1, round(t * (ch - 1))), (cw - 2, round(t * (ch - 1)))]
         sx = np.asarray([p[0] for p in seeds], np.int64)
         sy = np.asarray([p[1] for p in seeds], np.int64)
     # free space = inside the region, not on an edge; flood it from every seed (value 2),
     # checking the remaining seeds in bulk after each fill (most fall in the first one)
     free = cv2.subtract(region, edge)
-    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    inside = (sx >= 0) & (sx < cw) & (sy >= 0) & (sy < ch)
     sx, sy = sx[inside], sy[inside]
     while sx.size:
         todo = free[sy, sx] == 1
@@ -79,5 +89,5 @@ def find_drop(
     if area < 0.01 * region_area or area > 0.97 * region_area:
         return None
     mask = np.zeros((h, w), np.uint8)
-    cv2.drawContours(mask, [best], -1, 1, -1)
-    return mask, np.asarray(best, dtype=np.int32)
+    cv2.drawContours(mask, [best], -1, 1, -1, offset=(ox, oy))
+    return mask, np.asarray(best + np.asarray([ox, oy], np.int32), dtype=np.int32)

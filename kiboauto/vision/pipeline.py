@@ -91,9 +91,11 @@ def analyse(
     roi_w = pyr.work[wy0:wy1, wx0:wx1]
     rh, rw = roi_w.shape
     flat = flatten(roi_w, bg)
-    inner_w = np.asarray(
-        cv2.resize(inner_c, (rw, rh), interpolation=cv2.INTER_NEAREST), dtype=np.uint8
-    )
+    # a 0/1 mask enlarged exactly 2x: bilinear weights (9/16, 3/16, 3/16, 1/16) always round
+    # to the nearest source pixel, so this equals INTER_NEAREST, at about half its cost
+    exact2 = (rw, rh) == (2 * inner_c.shape[1], 2 * inner_c.shape[0])
+    up = cv2.INTER_LINEAR if exact2 else cv2.INTER_NEAREST
+    inner_w = np.asarray(cv2.resize(inner_c, (rw, rh), interpolation=up), dtype=np.uint8)
 
     min_area_w = p.min_crystal_px / (ws * ws)
     diff = fine_contrast(flat)
