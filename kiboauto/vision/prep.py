@@ -30,18 +30,23 @@ def halve(img: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
     return np.asarray(cv2.resize(src, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
 
 
-def _channel_spread(bgr: Grey) -> Grey:
-    """max(B, G, R) - min(B, G, R) per pixel (colour saturation, 0 on grey).
+def _grey_minus_spread(bgr: npt.NDArray[np.uint8], own: bool) -> Grey:
+    """Grey level minus colour spread (max(B, G, R) - min(B, G, R)) per pixel.
 
     Seen as one row of interleaved bytes per image row, a 1x3 max (min) filter centred on the
-    middle byte of each pixel covers exactly that pixel's three channels: two filters and a
-    strided pick, far cheaper than splitting the channels.
+    middle byte of each pixel covers exactly that pixel's three channels: two filters and one
+    channel pick, far cheaper than splitting the channels. ``own``: ``bgr`` is a scratch copy
+    that may be overwritten (saves allocating, and page-faulting, one more frame-sized buffer).
     """
     h, w = bgr.shape[:2]
+    own = own or not bgr.flags.c_contiguous  # then the next line copies it
     rows = np.ascontiguousarray(bgr).reshape(h, w * 3)
-    hi = cv2.dilate(rows, _ROW3)[:, 1::3]
-    lo = cv2.erode(rows, _ROW3)[:, 1::3]
-    return np.ascontiguousarray(hi - lo)  # hi >= lo: no wrap-around
+    grey8 = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    hi = cv2.dilate(rows, _ROW3)
+    lo = cv2.erode(rows, _ROW3, dst=rows) if own else cv2.erode(rows, _ROW3)
+    cv2.subtract(hi, lo, dst=hi)  # the spread, at every byte; the middle byte of a pixel is its own
+    spread = cv2.extractChannel(hi.reshape(h, w, 3), 1)
+    return np.asarray(cv2.subtract(grey8, spread, dst=grey8), dtype=np.uint8)
 
 
 def _to_u8(img: npt.NDArray[np.generic]) -> Grey:
@@ -82,8 +87,8 @@ def build_pyramid(
             src = halve(src)
             work_scale *= 2
         bgr = _to_u8(src) if src.dtype != np.uint8 else np.asarray(src, dtype=np.uint8)
-        grey8 = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        work = np.asarray(cv2.subtract(grey8, _channel_spread(bgr)), dtype=np.uint8)
+        own = work_scale > 1 or src.dtype != np.uint8  # a copy made here, not the caller's image
+        work = _grey_minus_spread(bgr, own)
     else:
         grey: npt.NDArray[np.generic] = image
         while min(h, w) // (work_scale * 2) >= work_short:
