@@ -64,5 +64,4 @@ def flatten(
     """``work_roi`` divided by the background, scaled so the background reads 128 (uint8)."""
     h, w = work_roi.shape
     bg = cv2.resize(background, (w, h), interpolation=cv2.INTER_LINEAR)
-    out = cv2.divide(work_roi.astype(np.float32), bg, scale=128.0)
-    return np.asarray(cv2.convertScaleAbs(out), dtype=np.uint8)
+    return np.asarray(cv2.divide(work_roi, bg, scale=128.0, dtype=cv2.CV_8U), dtype=np.uint8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,39 @@ def to_grey(image: npt.NDArray[np.uint8] | npt.NDArray[np.uint16]) -> npt.NDArra
     return np.asarray(cv2.cvtColor(image, code))
 
 
-def halve(img: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-    """Half size by 2x2 averaging (OpenCV's fast path for INTER_AREA at exactly 1/2)."""
+def halve(
+    img: npt.NDArray[np.generic], out: npt.NDArray[np.generic] | None = None
+) -> npt.NDArray[np.generic]:
+    """Half size by 2x2 averaging (OpenCV's fast path for INTER_AREA at exactly 1/2), into
+    ``out`` when given (its shape and type must fit)."""
     h, w = img.shape[:2]
     src: Any = img  # any pixel type OpenCV resizes (uint8, uint16, float)
-    return np.asarray(cv2.resize(src, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+    if out is None:
+        return np.asarray(cv2.resize(src, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+    cv2.resize(src, (w // 2, h // 2), dst=out, interpolation=cv2.INTER_AREA)
+    return out
+
+
+_POOL = threading.local()
+
+
+def scratch(slot: str, like: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """A scratch buffer of this thread, reused from call to call while its shape stays the same.
+
+    For frame-sized temporaries that never leave the function using them: a fresh buffer of a
+    few megabytes costs more in page faults (the allocator hands such blocks back to the system
+    when they are freed) than the filter that fills it.
+    """
+    pool: dict[str, npt.NDArray[Any]] = _POOL.__dict__
+    buf = pool.get(slot)
+    if buf is None or buf.shape != like or buf.dtype != dtype:
+        buf = np.empty(like, dtype)
+        pool[slot] = buf
+    return buf
+
+
+def _half_shape(img: npt.NDArray[np.generic]) -> tuple[int, ...]:
+    return (img.shape[0] // 2, img.shape[1] // 2, *img.shape[2:])
 
 
 def _grey_minus_spread(bgr: npt.NDArray[np.uint8], own: bool) -> Grey:
@@ -42,7 +71,7 @@ def _grey_minus_spread(bgr: npt.NDArray[np.uint8], own: bool) -> Grey:
     own = own or not bgr.flags.c_contiguous  # then the next line copies it
     rows = np.ascontiguousarray(bgr).reshape(h, w * 3)
     grey8 = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    hi = cv2.dilate(rows, _ROW3)
+    hi = cv2.dilate(rows, _ROW3, dst=scratch("spread", rows.shape, np.uint8))
     lo = cv2.erode(rows, _ROW3, dst=rows) if own else cv2.erode(rows, _ROW3)
     cv2.subtract(hi, lo, dst=hi)  # the spread, at every byte; the middle byte of a pixel is its own
     spread = cv2.extractChannel(hi.reshape(h, w, 3), 1)
@@ -84,14 +113,17 @@ def build_pyramid(
         # the neutral background (grey minus saturation) so they show up like any other object
         src: npt.NDArray[np.generic] = image[:, :, :3]
         while min(h, w) // (work_scale * 2) >= work_short:
-            src = halve(src)
+            src = halve(src, scratch(f"colour{work_scale}", _half_shape(src), src.dtype))
             work_scale *= 2
         bgr = _to_u8(src) if src.dtype != np.uint8 else np.asarray(src, dtype=np.uint8)
         own = work_scale > 1 or src.dtype != np.uint8  # a copy made here, not the caller's image
         work = _grey_minus_spread(bgr, own)
     else:
         grey: npt.NDArray[np.generic] = image
-        while min(h, w) // (work_scale * 2) >= work_short:
+        while min(h, w) // (work_scale * 4) >= work_short:  # steps before the last: scratch
+            grey = halve(grey, scratch(f"grey{work_scale}", _half_shape(grey), grey.dtype))
+            work_scale *= 2
+        if min(h, w) // (work_scale * 2) >= work_short:
             grey = halve(grey)
             work_scale *= 2
         work = _to_u8(grey)
@@ -110,9 +142,8 @@ def percentile_u8(
 
     Much cheaper than :func:`numpy.percentile` on images (no sort).
     """
-    hist = cv2.calcHist([img], [0], mask, [256], [0, 256]).ravel()
-    total = float(hist.sum())
+    cum = cv2.calcHist([img], [0], mask, [256], [0, 256]).cumsum()  # exact below 2**24 pixels
+    total = float(cum[-1])
     if total <= 0:
         return 0.0
-    cum = np.cumsum(hist)
-    return float(np.searchsorted(cum, q / 100.0 * total))
+    return float(cum.searchsorted(q / 100.0 * total))
