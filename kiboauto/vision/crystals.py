@@ -318,6 +318,6 @@ def texture_density(
     n = cv2.countNonZero(use)
     if n == 0:
         return 0.0, 0.0
-    _, grainy = cv2.threshold(diff, 14, 1, cv2.THRESH_BINARY)
-    n_grainy = cv2.countNonZero(cv2.bitwise_and(grainy, use))
-    return float(n_grainy) / n, float(cv2.mean(diff, use)[0]) / 128.0
+    masked = cv2.multiply(diff, use)  # 0 outside (much cheaper than OpenCV's masked mean)
+    _, grainy = cv2.threshold(masked, 14, 1, cv2.THRESH_BINARY)
+    return float(cv2.countNonZero(grainy)) / n, float(cv2.sumElems(masked)[0]) / n / 128.0
