@@ -252,8 +252,10 @@ def train_crystal(jobs: int, seeds: range) -> dict[str, Array]:
 def drop_matrix(feats: list[dict[str, float]]) -> tuple[list[str], Array]:
     names = sorted(n for n in feats[0] if n not in ("well_found", "drop_found"))
     x = np.asarray([[f[n] for n in names] for f in feats], float)
+    from kiboauto.vision.classify import log_scaled
+
     for j, n in enumerate(names):
-        if n.startswith("n_") or n == "sum_crystal_score":
+        if log_scaled(n):
             x[:, j] = np.log1p(np.maximum(x[:, j], 0.0))
     return names, x
 

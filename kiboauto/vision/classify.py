@@ -7,17 +7,23 @@ import math
 from .models import DROP_MLP, DROP_MLP_FEATURES, mlp_predict
 from .types import DROP_CLASSES
 
-__all__ = ["classify", "drop_vector"]
+__all__ = ["classify", "drop_vector", "log_scaled"]
+
+
+def log_scaled(name: str) -> bool:
+    """Whether the drop classifier takes this feature on a log scale (counts, summed scores)."""
+    return name.startswith("n_") or name == "sum_crystal_score"
+
+
+_LOG_SCALE = tuple(log_scaled(name) for name in DROP_MLP_FEATURES)
 
 
 def drop_vector(features: dict[str, float]) -> list[float]:
     """The classifier's inputs: the named features, counts on a log scale."""
     out = []
-    for name in DROP_MLP_FEATURES:
+    for name, log in zip(DROP_MLP_FEATURES, _LOG_SCALE, strict=True):
         v = float(features.get(name, 0.0))
-        out.append(
-            math.log1p(max(v, 0.0)) if name.startswith("n_") or name == "sum_crystal_score" else v
-        )
+        out.append(math.log1p(max(v, 0.0)) if log else v)
     return out
 
 

@@ -21,10 +21,13 @@ _CACHE: dict[int, tuple[dict[str, Any], dict[str, npt.NDArray[np.float64]]]] = {
 
 
 def _arrays(model: dict[str, Any]) -> dict[str, npt.NDArray[np.float64]]:
-    """The model's weights as arrays, converted once per model dict."""
+    """The model's weights as arrays, converted once per model dict, with the input
+    standardisation folded into the first layer (one product instead of three steps)."""
     hit = _CACHE.get(id(model))
     if hit is None or hit[0] is not model:
-        hit = (model, {k: np.asarray(v, dtype=np.float64) for k, v in model.items()})
+        m = {k: np.asarray(v, dtype=np.float64) for k, v in model.items()}
+        w1 = m["W1"] / m["sd"][:, None]
+        hit = (model, {"W1": w1, "b1": m["b1"] - m["mu"] @ w1, "W2": m["W2"], "b2": m["b2"]})
         _CACHE[id(model)] = hit
     return hit[1]
 
@@ -35,8 +38,7 @@ def mlp_predict(model: dict[str, Any], rows: Sequence[Sequence[float]]) -> npt.N
     if x.ndim == 1:
         x = x[None, :]
     m = _arrays(model)
-    hidden = np.tanh(((x - m["mu"]) / m["sd"]) @ m["W1"] + m["b1"])
-    logits = hidden @ m["W2"] + m["b2"]
+    logits = np.tanh(x @ m["W1"] + m["b1"]) @ m["W2"] + m["b2"]
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
     out: npt.NDArray[np.float64] = p / p.sum(axis=1, keepdims=True)
