@@ -234,6 +234,27 @@ def test_16_bit_and_colour_from_files(tmp_path: Path) -> None:
     assert inspect(load_image(path), um_per_px=spec.um_per_px).drop_class == "crystals"
 
 
+@pytest.mark.req("KA-VIS-001")
+@pytest.mark.parametrize("size", [(640, 480), (1280, 960), (2560, 1920)])
+def test_input_untouched_and_repeatable(size: tuple[int, int]) -> None:
+    """The caller's frame is never written to (the pipeline works in place only on its own
+    copies and per-thread scratch buffers), and inspecting again gives the same result, also
+    after frames of other sizes and kinds have used the scratch buffers."""
+    w, h = size
+    spec = S.random_spec(EVAL + 16, width=w, height=h)
+    fields = {k: getattr(spec, k) for k in spec.__dataclass_fields__}
+    colour, _ = S.render(S.SceneSpec(**(fields | {"colour": True})))
+    grey16, _ = S.render(S.SceneSpec(**(fields | {"bit_depth": 16})))
+    bgra = cv2.cvtColor(colour, cv2.COLOR_BGR2BGRA)
+    for frame in (colour, grey16, bgra, np.ascontiguousarray(colour[:, ::-1])):
+        before = frame.copy()
+        first = inspect(frame, um_per_px=spec.um_per_px).to_dict()
+        inspect(rendered(EVAL + 1)[0])  # another size and kind in between
+        again = inspect(frame, um_per_px=spec.um_per_px).to_dict()
+        assert np.array_equal(frame, before)
+        assert again == first
+
+
 @pytest.mark.req("KA-VIS-004")
 def test_sizes_and_overlay(tmp_path: Path) -> None:
     for w, h in ((640, 480), (2560, 1920)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +40,7 @@ def fit_background(
     a = np.empty((n, 6), np.float32)
     a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5] = 1, u, v, u * u, u * v, v * v
     keep: npt.NDArray[np.bool_] | None = None
-    coef = np.zeros((6, 1), np.float32)
+    coef: Any = np.zeros((6, 1), np.float32)
     for _ in range(2):
         ak, vk = (a, vals) if keep is None else (a[keep], vals[keep])
         _, coef = cv2.solve(ak, vk[:, None], flags=cv2.DECOMP_CHOLESKY | cv2.DECOMP_NORMAL)
@@ -55,7 +57,7 @@ def fit_background(
     gy = gy[:, None]
     c0, c1, c2, c3, c4, c5 = coef.ravel().tolist()
     bg = (c0 + c1 * gx + c3 * gx * gx) + gy * (c2 + c4 * gx) + c5 * gy * gy
-    return np.maximum(bg, 1.0).astype(np.float32)
+    return np.asarray(np.maximum(bg, 1.0), dtype=np.float32)
 
 
 def flatten(

@@ -33,7 +33,8 @@ def halve(
     src: Any = img  # any pixel type OpenCV resizes (uint8, uint16, float)
     if out is None:
         return np.asarray(cv2.resize(src, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
-    cv2.resize(src, (w // 2, h // 2), dst=out, interpolation=cv2.INTER_AREA)
+    dst: Any = out
+    cv2.resize(src, (w // 2, h // 2), dst=dst, interpolation=cv2.INTER_AREA)
     return out
 
 
