@@ -28,8 +28,12 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-import cv2
-import numpy as np
+# one thread for numpy's BLAS as for OpenCV: single-thread latency, no helper threads spinning
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 CLASSES = ("crystals", "precipitate", "clear", "other")
 EVAL_SEED0 = 100_000
