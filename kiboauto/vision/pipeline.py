@@ -87,8 +87,9 @@ def analyse(
     bg = fit_background(roi_c, inner_c)
 
     wx0, wy0 = x0 * f, y0 * f
-    wx1, wy1 = min(x1 * f, pyr.work.shape[1]), min(y1 * f, pyr.work.shape[0])
-    roi_w = pyr.work[wy0:wy1, wx0:wx1]
+    work_h, work_w = pyr.work_shape
+    wx1, wy1 = min(x1 * f, work_w), min(y1 * f, work_h)
+    roi_w = pyr.work_roi(wy0, wy1, wx0, wx1)
     rh, rw = roi_w.shape
     flat = flatten(roi_w, bg)
     # a 0/1 mask enlarged exactly 2x: bilinear weights (9/16, 3/16, 3/16, 1/16) always round

@@ -91,34 +91,64 @@ def _to_u8(img: npt.NDArray[np.generic]) -> Grey:
 
 @dataclass(frozen=True)
 class Pyramid:
-    """The grey working copy (``work``) and a coarser copy (``coarse``) of one image.
+    """The working-resolution copy of one image and a coarser grey copy (``coarse``).
 
-    ``work_scale`` / ``coarse_scale``: full-resolution pixels per working / coarse pixel.
+    ``work_scale`` / ``coarse_scale``: full-resolution pixels per working / coarse pixel. The
+    analysis needs the working resolution only inside the drop, so for colour images the grey
+    working level is made on request (:meth:`work_roi`) from the colour copy at that scale. A
+    pyramid is valid until the next :func:`build_pyramid` call in the same thread (its colour copy
+    may live in a scratch buffer).
     """
 
-    work: Grey
+    source: npt.NDArray[np.uint8]  # grey working copy, or colour (BGR) at the working scale
     coarse: Grey
     work_scale: int
     coarse_scale: int
     full_size: tuple[int, int]  # (width, height)
 
+    @property
+    def work_shape(self) -> tuple[int, int]:
+        """(height, width) of the working level."""
+        return self.source.shape[0], self.source.shape[1]
+
+    def work_roi(self, y0: int, y1: int, x0: int, x1: int) -> Grey:
+        """The grey working level in rows y0:y1, columns x0:x1."""
+        part = self.source[y0:y1, x0:x1]
+        return part if part.ndim == 2 else _grey_minus_spread(part, own=False)
+
+    @property
+    def work(self) -> Grey:
+        """The whole grey working level."""
+        return self.work_roi(0, self.source.shape[0], 0, self.source.shape[1])
+
 
 def build_pyramid(
     image: npt.NDArray[np.uint8] | npt.NDArray[np.uint16], work_short: int, coarse_short: int
 ) -> Pyramid:
-    """Grey working and coarse copies by repeated 2x2 averaging (cheap, anti-aliased)."""
+    """Working and coarse copies by repeated 2x2 averaging (cheap, anti-aliased).
+
+    Colour (e.g. polarised light) is reduced in colour; grey levels are then "grey minus colour
+    spread", so birefringent colour shows as dark objects like any other.
+    """
     h, w = image.shape[:2]
     work_scale = 1
+    source: npt.NDArray[np.uint8]
     if image.ndim == 3:
-        # colour (e.g. polarised light): reduce in colour, then mark coloured things darker than
-        # the neutral background (grey minus saturation) so they show up like any other object
         src: npt.NDArray[np.generic] = image[:, :, :3]
         while min(h, w) // (work_scale * 2) >= work_short:
             src = halve(src, scratch(f"colour{work_scale}", _half_shape(src), src.dtype))
             work_scale *= 2
-        bgr = _to_u8(src) if src.dtype != np.uint8 else np.asarray(src, dtype=np.uint8)
-        own = work_scale > 1 or src.dtype != np.uint8  # a copy made here, not the caller's image
-        work = _grey_minus_spread(bgr, own)
+        source = _to_u8(src) if src.dtype != np.uint8 else np.asarray(src, dtype=np.uint8)
+        coarse_src, coarse_scale = source, work_scale
+        while min(h, w) // (coarse_scale * 2) >= coarse_short:
+            coarse_src = np.asarray(halve(coarse_src), dtype=np.uint8)
+            coarse_scale *= 2
+        if coarse_src is source:  # no coarser level: the grey working level is needed whole
+            own = work_scale > 1 or src.dtype != np.uint8  # a copy made here, not the caller's
+            source = _grey_minus_spread(source, own)
+            coarse = source
+        else:
+            coarse = _grey_minus_spread(coarse_src, own=True)
     else:
         grey: npt.NDArray[np.generic] = image
         while min(h, w) // (work_scale * 4) >= work_short:  # steps before the last: scratch
@@ -127,13 +157,12 @@ def build_pyramid(
         if min(h, w) // (work_scale * 2) >= work_short:
             grey = halve(grey)
             work_scale *= 2
-        work = _to_u8(grey)
-    coarse = work
-    coarse_scale = work_scale
-    while min(h, w) // (coarse_scale * 2) >= coarse_short:
-        coarse = np.asarray(halve(coarse), dtype=np.uint8)
-        coarse_scale *= 2
-    return Pyramid(work, coarse, work_scale, coarse_scale, (w, h))
+        source = _to_u8(grey)
+        coarse, coarse_scale = source, work_scale
+        while min(h, w) // (coarse_scale * 2) >= coarse_short:
+            coarse = np.asarray(halve(coarse), dtype=np.uint8)
+            coarse_scale *= 2
+    return Pyramid(source, coarse, work_scale, coarse_scale, (w, h))
 
 
 def percentile_u8(
