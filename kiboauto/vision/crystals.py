@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 Contour = npt.NDArray[np.int32]
+_EPS32 = float(np.finfo(np.float32).eps)
 _K3 = np.ones((3, 3), np.uint8)
 _K5 = np.ones((5, 5), np.uint8)
 
@@ -109,7 +110,7 @@ class _Outlines:
         counts = np.fromiter(map(len, contours), np.int64, len(contours))
         self.pts = np.concatenate(contours).reshape(-1, 2)
         self.starts = np.zeros(len(contours), np.int64)
-        np.cumsum(counts[:-1], out=self.starts[1:])
+        counts[:-1].cumsum(out=self.starts[1:])
         last = self.starts + counts - 1
         self.prev = np.empty_like(self.pts)
         self.prev[1:] = self.pts[:-1]
@@ -141,7 +142,7 @@ class _Outlines:
         m00 = a00 * (0.5 * sign)
         m10 = a10 * (sign / 6.0)
         m01 = a01 * (sign / 6.0)
-        ok = np.abs(a00) > np.finfo(np.float32).eps
+        ok = np.abs(a00) > _EPS32
         m00 = np.where(ok, m00, 0.0)
         safe = np.where(ok, m00, 1.0)
         return (m10 / safe).tolist(), (m01 / safe).tolist(), m00.tolist()
