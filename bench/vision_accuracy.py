@@ -1,6 +1,6 @@
 """Accuracy of kiboauto.vision.inspect on rendered drops with exact truth (hil/scene.py).
 
-Held-out evaluation seeds start at 10_000 (the models are trained on seeds 0..599 by default;
+Held-out evaluation seeds start at 10_000 (the models are trained on seeds 0..2999 by default;
 300..399 were also used for design checks). Prints the class confusion matrix and accuracy, crystal
 detection (matched to truth centroids), count agreement, length error and well error.
 

@@ -80,11 +80,6 @@ def test_table_output_and_helpful_errors(tmp_path: Path) -> None:
 
 @pytest.mark.req("KA-VIS-005")
 @pytest.mark.req("KA-VIS-007")
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: the crystal detector misses 4 of the 7 cubes in this skin-covered "
-    "drop (3 tracks instead of 7); fix the detector, do not loosen this test",
-)
 def test_track_folder_writes_growth_report_and_plot(tmp_path: Path) -> None:
     """A rendered growth series of one cell, tracked; lengths follow the renderer's truth."""
     cell = GrowthCell(seed=SEED0 + 11, outcome="crystals")

@@ -1,6 +1,6 @@
 """Vision core (kiboauto.vision) on rendered drops with exact truth (hil/scene.py).
 
-Seeds here are evaluation seeds (10_000+): the models and thresholds were tuned on seeds 0..599
+Seeds here are evaluation seeds (10_000+): the models and thresholds were tuned on seeds 0..2999
 only. Tolerances are what the pipeline measurably achieves on these seeds, with some margin; no
 timings are asserted (see bench/vision_latency.py for speed).
 """

@@ -44,10 +44,13 @@ class Blob:
     granularity: float = 0.0  # mean fine (5x5) contrast inside, / 128: high for grainy clouds
     edge_strength: float = 0.0  # mean 3x3 gradient on the outline, / 128: crystals are sharp
     polarity: float = 0.0  # mean (flattened - 128) / 128 inside: dark (< 0) or bright (> 0)
+    spread: float = 0.0  # standard deviation of the flattened level inside, / 128
+    depth: float = 0.0  # (128 - darkest flattened level inside) / 128: a crystal's outline is
+    # drawn far darker than the background (> 0.3), a skin fold or ripple stays shallow (< 0.3)
     measured: bool = True  # outline/texture measures taken (False: a speck or a ragged shape)
 
     def vector(self) -> list[float]:
-        """The shape/appearance features :func:`crystal_score` weighs."""
+        """The shape/appearance features the crystal model (``CRYSTAL_MLP``) weighs."""
         return [
             math.log(max(self.area, 1.0)),
             self.solidity,
@@ -56,6 +59,8 @@ class Blob:
             math.log(max(self.aspect, 1.0)),
             self.edge_strength,
             self.polarity,
+            self.spread,
+            self.depth,
         ]
 
     @property
@@ -173,10 +178,19 @@ def object_map(
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """(object map 0/1, 3x3 gradient): pixels clearly brighter or darker than the flattened
     background (128), or on a sharp edge (crystal faces can match the background; their outlines
-    still are sharp), inside ``mask``, closed by 3x3."""
+    still are sharp), inside ``mask``, closed by 3x3.
+
+    An edge of ``edge`` (relative 3x3 gradient) counts only next to (3x3) a bright, dark or
+    twice as sharp pixel: the soft folds of a skin (and the shallow ripples of other films) are
+    only that weak and would otherwise chain crystals to each other and to the drop edge, while a
+    crystal's outline is dark or strongly sharp and keeps its weak fringe.
+    """
     grad = np.asarray(cv2.morphologyEx(flat, cv2.MORPH_GRADIENT, _K3), dtype=np.uint8)
     _, sharp = cv2.threshold(grad, math.floor(128.0 * edge), 1, cv2.THRESH_BINARY)
-    obj = cv2.bitwise_and(cv2.bitwise_or(cv2.LUT(flat, _contrast_lut(contrast)), sharp), mask)
+    _, strong = cv2.threshold(grad, math.floor(256.0 * edge), 1, cv2.THRESH_BINARY)
+    core = cv2.bitwise_or(cv2.LUT(flat, _contrast_lut(contrast)), strong)
+    fringe = cv2.bitwise_and(sharp, cv2.dilate(core, _K3))
+    obj = cv2.bitwise_and(cv2.bitwise_or(core, fringe), mask)
     return np.asarray(cv2.morphologyEx(obj, cv2.MORPH_CLOSE, _K3), dtype=np.uint8), grad
 
 
@@ -246,7 +260,7 @@ def find_blobs(
     lengths = np.maximum(extent.max(axis=1) - 1.5, 1.0).tolist()
     widths = np.maximum(extent.min(axis=1) - 1.5, 1.0).tolist()
     solids = [area / max(hull_areas[k], 1.0) for k, (_i, area, _b, _p) in enumerate(keep)]
-    pol_, edge_, gran_ = _appearance(
+    pol_, edge_, gran_, spread_, depth_ = _appearance(
         [(shapes[k], keep[k][2]) for k, sol in enumerate(solids) if sol >= 0.5], flat, grad, fine
     )
     j = 0
@@ -257,9 +271,9 @@ def find_blobs(
         perim = perim0 + math.pi  # a pixel-centre outline is short by about pi
         cen = (cx_[k], cy_[k]) if m00_[k] > 0 else (x + w / 2, y + h / 2)
         ok = solidity >= 0.5
-        gran = edge_s = pol = 0.0
+        gran = edge_s = pol = spread = depth = 0.0
         if ok:
-            pol, edge_s, gran = pol_[j], edge_[j], gran_[j]
+            pol, edge_s, gran, spread, depth = pol_[j], edge_[j], gran_[j], spread_[j], depth_[j]
             j += 1
         blobs.append(
             Blob(
@@ -275,6 +289,8 @@ def find_blobs(
                 granularity=gran,
                 edge_strength=edge_s,
                 polarity=pol,
+                spread=spread,
+                depth=depth,
                 measured=ok,
             )
         )
@@ -286,22 +302,29 @@ def _appearance(
     flat: npt.NDArray[np.uint8],
     grad: npt.NDArray[np.uint8],
     fine: npt.NDArray[np.uint8] | None,
-) -> tuple[list[float], list[float], list[float]]:
-    """Per outline (with its bounding box; filled, in its own box): polarity (mean level - 128)
-    over it, edge strength (mean 3x3 gradient) on its rim and granularity (mean fine contrast)
-    inside the rim (5x5 erosion), all / 128."""
+) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
+    """Per outline (with its bounding box; filled, in its own box): polarity (mean level - 128),
+    spread (standard deviation of the level) and depth (128 - darkest level) over it, edge
+    strength (mean 3x3 gradient) on its rim and granularity (mean fine contrast) inside the rim
+    (5x5 erosion), all / 128."""
     pol: list[float] = []
     edge: list[float] = []
     gran: list[float] = []
+    spread: list[float] = []
+    depth: list[float] = []
     for c, (x, y, w, h) in shapes:
         sub = np.zeros((h, w), np.uint8)
         cv2.drawContours(sub, [c], -1, 1, -1, offset=(-x, -y))
         inner = cv2.erode(sub, _K5, borderValue=0)
         rim = cv2.subtract(sub, inner)
-        pol.append((cv2.mean(flat[y : y + h, x : x + w], sub)[0] - 128.0) / 128.0)
+        box = flat[y : y + h, x : x + w]
+        mean, std = cv2.meanStdDev(box, mask=sub)
+        pol.append((float(mean[0, 0]) - 128.0) / 128.0)
+        spread.append(float(std[0, 0]) / 128.0)
+        depth.append((128.0 - cv2.minMaxLoc(box, sub)[0]) / 128.0)
         edge.append(cv2.mean(grad[y : y + h, x : x + w], rim)[0] / 128.0)
         gran.append(0.0 if fine is None else cv2.mean(fine[y : y + h, x : x + w], inner)[0] / 128.0)
-    return pol, edge, gran
+    return pol, edge, gran, spread, depth
 
 
 def fine_contrast(flat: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
