@@ -15,6 +15,7 @@ __all__ = [
     "Specks",
     "find_blobs",
     "fine_contrast",
+    "line_density",
     "object_map",
     "straightness",
     "texture_density",
@@ -337,3 +338,21 @@ def texture_density(
     _, grainy = cv2.threshold(diff, 14, 1, cv2.THRESH_BINARY)
     n_grainy = cv2.countNonZero(cv2.bitwise_and(grainy, use))
     return float(n_grainy) / n, float(cv2.mean(diff, use)[0]) / 128.0
+
+
+def line_density(
+    flat: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8], exclude: npt.NDArray[np.uint8]
+) -> float:
+    """Fraction of drop pixels (away from objects) on a thin dark line: 3x3 black-hat of the
+    flattened drop >= 6 grey levels (~5 % of the background).
+
+    Fibres (and skin folds, cracks) are one or two pixels wide and often too faint for the object
+    map; a clear drop has only sensor noise there, a fibre tangle a few per mille of its pixels.
+    """
+    use = cv2.subtract(mask, exclude)  # both 0/1
+    n = cv2.countNonZero(use)
+    if n == 0:
+        return 0.0
+    hat = cv2.morphologyEx(flat, cv2.MORPH_BLACKHAT, _K3)
+    _, line = cv2.threshold(hat, 5, 1, cv2.THRESH_BINARY)  # hat >= 6
+    return float(cv2.countNonZero(cv2.bitwise_and(line, use))) / n

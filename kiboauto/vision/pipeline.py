@@ -9,7 +9,14 @@ import numpy as np
 import numpy.typing as npt
 
 from .classify import classify
-from .crystals import Blob, find_blobs, fine_contrast, straightness, texture_density
+from .crystals import (
+    Blob,
+    find_blobs,
+    fine_contrast,
+    line_density,
+    straightness,
+    texture_density,
+)
 from .drop import find_drop
 from .illumination import fit_background, flatten
 from .io import check_image
@@ -102,6 +109,7 @@ def analyse(
     )
     near_obj = np.asarray(cv2.dilate(obj, _K5), dtype=np.uint8)
     tex, fine = texture_density(diff, inner_w, near_obj)
+    lines = line_density(flat, inner_w, near_obj)
 
     crystals: list[CrystalMeasure] = []
     best_score = 0.0
@@ -172,6 +180,7 @@ def analyse(
             "dark_frac": dark / inner_n,
             "texture": tex,
             "fine_contrast": fine,
+            "line_frac": lines,
             "drop_area_frac": drop_area_c / float(cw * ch),
         }
     )
