@@ -17,6 +17,7 @@ __all__ = [
     "Unmeasured",
     "find_blobs",
     "fine_contrast",
+    "line_density",
     "object_map",
     "straightness",
     "texture_density",
@@ -332,18 +333,31 @@ def fine_contrast(flat: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.asarray(cv2.absdiff(flat, cv2.blur(flat, (5, 5))), dtype=np.uint8)
 
 
-def texture_density(
-    diff: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8], exclude: npt.NDArray[np.uint8]
-) -> tuple[float, float]:
-    """(fraction of drop pixels with fine granular contrast, mean fine contrast / 128).
+def texture_density(diff: npt.NDArray[np.uint8], use: npt.NDArray[np.uint8]) -> tuple[float, float]:
+    """(fraction of the pixels in ``use`` (0/1) with fine granular contrast, their mean fine
+    contrast / 128).
 
     Fine contrast is the difference to a 5x5 local mean; precipitate makes a lot of it, a clear
     drop only sensor noise.
     """
-    use = cv2.subtract(mask, exclude)  # both 0/1
     n = cv2.countNonZero(use)
     if n == 0:
         return 0.0, 0.0
     masked = cv2.multiply(diff, use)  # 0 outside (much cheaper than OpenCV's masked mean)
     _, grainy = cv2.threshold(masked, 14, 1, cv2.THRESH_BINARY)
     return float(cv2.countNonZero(grainy)) / n, float(cv2.sumElems(masked)[0]) / n / 128.0
+
+
+def line_density(flat: npt.NDArray[np.uint8], use: npt.NDArray[np.uint8]) -> float:
+    """Fraction of the pixels in ``use`` (0/1) on a thin dark line: 3x3 black-hat of the
+    flattened drop >= 6 grey levels (~5 % of the background).
+
+    Fibres (and skin folds, cracks) are one or two pixels wide and often too faint for the object
+    map; a clear drop has only sensor noise there, a fibre tangle a few per mille of its pixels.
+    """
+    n = cv2.countNonZero(use)
+    if n == 0:
+        return 0.0
+    hat = cv2.morphologyEx(flat, cv2.MORPH_BLACKHAT, _K3)
+    _, line = cv2.threshold(hat, 5, 1, cv2.THRESH_BINARY)  # hat >= 6
+    return float(cv2.countNonZero(cv2.bitwise_and(line, use))) / n

@@ -9,7 +9,14 @@ import numpy as np
 import numpy.typing as npt
 
 from .classify import classify
-from .crystals import Blob, find_blobs, fine_contrast, straightness, texture_density
+from .crystals import (
+    Blob,
+    find_blobs,
+    fine_contrast,
+    line_density,
+    straightness,
+    texture_density,
+)
 from .drop import find_drop
 from .illumination import fit_background, flatten
 from .io import check_image
@@ -110,7 +117,9 @@ def analyse(
         small_area=4 * min_area_w,
     )
     near_obj = np.asarray(cv2.dilate(obj, _K5), dtype=np.uint8)
-    tex, fine = texture_density(diff, inner_w, near_obj)
+    away = np.asarray(cv2.subtract(inner_w, near_obj), dtype=np.uint8)  # drop, off objects (0/1)
+    tex, fine = texture_density(diff, away)
+    lines = line_density(flat, away)
 
     crystals: list[CrystalMeasure] = []
     best_score = 0.0
@@ -180,6 +189,7 @@ def analyse(
             "dark_frac": dark / inner_n,
             "texture": tex,
             "fine_contrast": fine,
+            "line_frac": lines,
             "drop_area_frac": drop_area_c / float(cw * ch),
         }
     )
