@@ -255,6 +255,26 @@ def test_input_untouched_and_repeatable(size: tuple[int, int]) -> None:
         assert again == first
 
 
+@pytest.mark.req("KA-VIS-001")
+def test_inspect_in_several_threads_at_once() -> None:
+    """Scratch buffers are per thread: frames of different sizes and kinds inspected in two
+    threads at the same time give exactly the results of inspecting them one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = []
+    for k, (w, h, colour) in enumerate(
+        [(1280, 960, True), (2560, 1920, False), (1280, 960, False), (2048, 2048, True)]
+    ):
+        spec = S.random_spec(EVAL + 40 + k, width=w, height=h)
+        fields = {f: getattr(spec, f) for f in spec.__dataclass_fields__}
+        frames.append(S.render(S.SceneSpec(**(fields | {"colour": colour})))[0])
+    alone = [inspect(f).to_dict() for f in frames]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda f: inspect(f).to_dict(), frames + frames[::-1]))
+            assert together == alone + alone[::-1]
+
+
 @pytest.mark.req("KA-VIS-004")
 def test_sizes_and_overlay(tmp_path: Path) -> None:
     for w, h in ((640, 480), (2560, 1920)):
