@@ -60,6 +60,26 @@ def _half_shape(img: npt.NDArray[np.generic]) -> tuple[int, ...]:
     return (img.shape[0] // 2, img.shape[1] // 2, *img.shape[2:])
 
 
+def _halvings(short: int, target: int) -> int:
+    """How many 2x2 reductions keep a short side of ``short`` pixels at least ``target``."""
+    n = 0
+    while short // 2 ** (n + 1) >= target:
+        n += 1
+    return n
+
+
+def _reduce(
+    img: npt.NDArray[np.generic], times: int, pool: str = "", last_to_scratch: bool = False
+) -> npt.NDArray[np.generic]:
+    """``img`` halved ``times`` times. With a ``pool`` name the intermediate results (and the
+    last one too with ``last_to_scratch``) go to this thread's scratch buffers."""
+    for k in range(times):
+        to_scratch = bool(pool) and (k < times - 1 or last_to_scratch)
+        out = scratch(f"{pool}{k}", _half_shape(img), img.dtype) if to_scratch else None
+        img = halve(img, out)
+    return img
+
+
 def _grey_minus_spread(bgr: npt.NDArray[np.uint8], own: bool) -> Grey:
     """Grey level minus colour spread (max(B, G, R) - min(B, G, R)) per pixel.
 
@@ -131,37 +151,23 @@ def build_pyramid(
     spread", so birefringent colour shows as dark objects like any other.
     """
     h, w = image.shape[:2]
-    work_scale = 1
+    n_work = _halvings(min(h, w), work_short)
+    n_coarse = max(_halvings(min(h, w), coarse_short) - n_work, 0)
+    work_scale, coarse_scale = 2**n_work, 2 ** (n_work + n_coarse)
     source: npt.NDArray[np.uint8]
     if image.ndim == 3:
-        src: npt.NDArray[np.generic] = image[:, :, :3]
-        while min(h, w) // (work_scale * 2) >= work_short:
-            src = halve(src, scratch(f"colour{work_scale}", _half_shape(src), src.dtype))
-            work_scale *= 2
+        src = _reduce(image[:, :, :3], n_work, "colour", last_to_scratch=True)
         source = _to_u8(src) if src.dtype != np.uint8 else np.asarray(src, dtype=np.uint8)
-        coarse_src, coarse_scale = source, work_scale
-        while min(h, w) // (coarse_scale * 2) >= coarse_short:
-            coarse_src = np.asarray(halve(coarse_src), dtype=np.uint8)
-            coarse_scale *= 2
-        if coarse_src is source:  # no coarser level: the grey working level is needed whole
-            own = work_scale > 1 or src.dtype != np.uint8  # a copy made here, not the caller's
+        if n_coarse == 0:  # no coarser level: the grey working level is needed whole
+            own = n_work > 0 or src.dtype != np.uint8  # a copy made here, not the caller's
             source = _grey_minus_spread(source, own)
             coarse = source
         else:
+            coarse_src = np.asarray(_reduce(source, n_coarse), dtype=np.uint8)
             coarse = _grey_minus_spread(coarse_src, own=True)
     else:
-        grey: npt.NDArray[np.generic] = image
-        while min(h, w) // (work_scale * 4) >= work_short:  # steps before the last: scratch
-            grey = halve(grey, scratch(f"grey{work_scale}", _half_shape(grey), grey.dtype))
-            work_scale *= 2
-        if min(h, w) // (work_scale * 2) >= work_short:
-            grey = halve(grey)
-            work_scale *= 2
-        source = _to_u8(grey)
-        coarse, coarse_scale = source, work_scale
-        while min(h, w) // (coarse_scale * 2) >= coarse_short:
-            coarse = np.asarray(halve(coarse), dtype=np.uint8)
-            coarse_scale *= 2
+        source = _to_u8(_reduce(image, n_work, "grey"))
+        coarse = np.asarray(_reduce(source, n_coarse), dtype=np.uint8)
     return Pyramid(source, coarse, work_scale, coarse_scale, (w, h))
 
 
