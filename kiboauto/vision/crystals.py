@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import numpy.typing as npt
 __all__ = [
     "Blob",
     "Unmeasured",
+    "edge_maps",
     "find_blobs",
     "fine_contrast",
     "line_density",
@@ -166,33 +166,44 @@ class Unmeasured:
     area: float = 0.0  # total area of all of them, in working pixels
 
 
-@functools.cache
-def _contrast_lut(contrast: float) -> npt.NDArray[np.uint8]:
-    """1 for flattened levels clearly brighter (> 128 (1 + c)) or darker (< 128 (1 - c))."""
-    level = np.arange(256, dtype=np.float64)
-    out = (level > math.floor(128.0 * (1.0 + contrast))) | (level < 128.0 * (1.0 - contrast))
-    return out.astype(np.uint8)
+def edge_maps(flat: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """(3x3 morphological gradient, 3x3 black-hat) of the flattened drop.
+
+    The gradient (max - min) marks sharp outlines, the black-hat (closing - level) thin dark
+    lines. Both start from the same 3x3 maximum, computed once.
+    """
+    hi = cv2.dilate(flat, _K3)
+    grad = cv2.subtract(hi, cv2.erode(flat, _K3))
+    hat = cv2.subtract(cv2.erode(hi, _K3), flat)
+    return np.asarray(grad, dtype=np.uint8), np.asarray(hat, dtype=np.uint8)
 
 
 def object_map(
-    flat: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8], contrast: float, edge: float
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """(object map 0/1, 3x3 gradient): pixels clearly brighter or darker than the flattened
-    background (128), or on a sharp edge (crystal faces can match the background; their outlines
-    still are sharp), inside ``mask``, closed by 3x3.
+    flat: npt.NDArray[np.uint8],
+    mask: npt.NDArray[np.uint8],
+    contrast: float,
+    edge: float,
+    grad: npt.NDArray[np.uint8],
+) -> npt.NDArray[np.uint8]:
+    """Object map (0/1): pixels clearly brighter or darker than the flattened background (128),
+    or on a sharp edge of the 3x3 gradient ``grad`` (crystal faces can match the background;
+    their outlines still are sharp), inside ``mask``, closed by 3x3.
 
     An edge of ``edge`` (relative 3x3 gradient) counts only next to (3x3) a bright, dark or
     twice as sharp pixel: the soft folds of a skin (and the shallow ripples of other films) are
     only that weak and would otherwise chain crystals to each other and to the drop edge, while a
     crystal's outline is dark or strongly sharp and keeps its weak fringe.
     """
-    grad = np.asarray(cv2.morphologyEx(flat, cv2.MORPH_GRADIENT, _K3), dtype=np.uint8)
     _, sharp = cv2.threshold(grad, math.floor(128.0 * edge), 1, cv2.THRESH_BINARY)
     _, strong = cv2.threshold(grad, math.floor(256.0 * edge), 1, cv2.THRESH_BINARY)
-    core = cv2.bitwise_or(cv2.LUT(flat, _contrast_lut(contrast)), strong)
+    # brighter than floor(128 (1 + c)) or darker than 128 (1 - c): both are |level - 128| >
+    # floor(128 c) for integer levels
+    dev = cv2.absdiff(flat, 128.0)  # type: ignore[call-overload]  # (a scalar: stubs lack it)
+    _, off = cv2.threshold(dev, math.floor(128.0 * contrast), 1, cv2.THRESH_BINARY)
+    core = cv2.bitwise_or(off, strong)
     fringe = cv2.bitwise_and(sharp, cv2.dilate(core, _K3))
     obj = cv2.bitwise_and(cv2.bitwise_or(core, fringe), mask)
-    return np.asarray(cv2.morphologyEx(obj, cv2.MORPH_CLOSE, _K3), dtype=np.uint8), grad
+    return np.asarray(cv2.morphologyEx(obj, cv2.MORPH_CLOSE, _K3), dtype=np.uint8)
 
 
 def find_blobs(
@@ -200,6 +211,7 @@ def find_blobs(
     mask: npt.NDArray[np.uint8],
     contrast: float,
     min_area: float,
+    grad: npt.NDArray[np.uint8],
     fine: npt.NDArray[np.uint8] | None = None,
     edge: float = 0.15,
     detail_area: float = 32.0,
@@ -212,7 +224,7 @@ def find_blobs(
     and the binary object map. Outlines are measured all at once; the costly appearance measures
     are taken only for blobs that are not ragged (others cannot be crystals).
     """
-    obj, grad = object_map(flat, mask, contrast, edge)
+    obj = object_map(flat, mask, contrast, edge, grad)
     border = cv2.subtract(mask, cv2.erode(mask, _K3, borderValue=0))
     found, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     # an outline of n points encloses at most ~n^2/(4 pi) pixels: skip specks without measuring
@@ -348,9 +360,9 @@ def texture_density(diff: npt.NDArray[np.uint8], use: npt.NDArray[np.uint8]) -> 
     return float(cv2.countNonZero(grainy)) / n, float(cv2.sumElems(masked)[0]) / n / 128.0
 
 
-def line_density(flat: npt.NDArray[np.uint8], use: npt.NDArray[np.uint8]) -> float:
-    """Fraction of the pixels in ``use`` (0/1) on a thin dark line: 3x3 black-hat of the
-    flattened drop >= 6 grey levels (~5 % of the background).
+def line_density(hat: npt.NDArray[np.uint8], use: npt.NDArray[np.uint8]) -> float:
+    """Fraction of the pixels in ``use`` (0/1) on a thin dark line: 3x3 black-hat ``hat`` of the
+    flattened drop (see :func:`edge_maps`) >= 6 grey levels (~5 % of the background).
 
     Fibres (and skin folds, cracks) are one or two pixels wide and often too faint for the object
     map; a clear drop has only sensor noise there, a fibre tangle a few per mille of its pixels.
@@ -358,6 +370,5 @@ def line_density(flat: npt.NDArray[np.uint8], use: npt.NDArray[np.uint8]) -> flo
     n = cv2.countNonZero(use)
     if n == 0:
         return 0.0
-    hat = cv2.morphologyEx(flat, cv2.MORPH_BLACKHAT, _K3)
     _, line = cv2.threshold(hat, 5, 1, cv2.THRESH_BINARY)  # hat >= 6
     return float(cv2.countNonZero(cv2.bitwise_and(line, use))) / n

@@ -26,7 +26,8 @@ def find_drop(
     well: tuple[float, float, float, float] | None,
     edge_frac: float = 0.08,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]] | None:
-    """The drop as (filled mask, outer contour) in coarse pixels, or None if there is none."""
+    """The drop as (filled mask over the contour's bounding box, outer contour in coarse pixels),
+    or None if there is none."""
     h, w = coarse.shape
     ox = oy = 0
     if well is not None:
@@ -88,6 +89,7 @@ def find_drop(
     region_area = float(cv2.countNonZero(region))
     if area < 0.01 * region_area or area > 0.97 * region_area:
         return None
-    mask = np.zeros((h, w), np.uint8)
-    cv2.drawContours(mask, [best], -1, 1, -1, offset=(ox, oy))
+    bx, by, bw, bh = cv2.boundingRect(best)
+    mask = np.zeros((bh, bw), np.uint8)
+    cv2.drawContours(mask, [best], -1, 1, -1, offset=(-bx, -by))
     return mask, np.asarray(best + np.asarray([ox, oy], np.int32), dtype=np.int32)

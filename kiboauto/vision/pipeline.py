@@ -11,6 +11,7 @@ import numpy.typing as npt
 from .classify import classify
 from .crystals import (
     Blob,
+    edge_maps,
     find_blobs,
     fine_contrast,
     line_density,
@@ -21,13 +22,30 @@ from .drop import find_drop
 from .illumination import fit_background, flatten
 from .io import check_image
 from .models import CRYSTAL_MLP, mlp_predict
-from .prep import build_pyramid, halve
+from .prep import build_pyramid, double, halve
 from .types import CrystalMeasure, DropInfo, Inspection, InspectParams, WellInfo
 from .well import find_well
 
 __all__ = ["inspect"]
 
 _K5 = np.ones((5, 5), np.uint8)
+
+
+def _assumed_drop(
+    ch: int, cw: int, well_c: tuple[float, float, float, float] | None
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
+    """When no drop edge is found: the well's inside (else the frame less a 2 px border) as
+    (mask over its bounding box, outline), like :func:`find_drop`'s result."""
+    mask_c = np.zeros((ch, cw), np.uint8)
+    if well_c is not None:
+        cx, cy, _, r_in = well_c
+        cv2.circle(mask_c, (round(cx), round(cy)), max(round(r_in - 2), 2), 1, -1)
+    else:
+        mask_c[2:-2, 2:-2] = 1
+    cnts, _ = cv2.findContours(mask_c, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contour = np.asarray(cnts[0], dtype=np.int32)
+    x0, y0, bw, bh = cv2.boundingRect(contour)
+    return mask_c[y0 : y0 + bh, x0 : x0 + bw], contour
 
 
 def inspect(
@@ -69,23 +87,11 @@ def analyse(
         "well_found": 0.0 if well_c is None else 1.0,
         "drop_found": 0.0 if found is None else 1.0,
     }
-    if found is not None:
-        mask_c, contour_c = found
-    else:
-        mask_c = np.zeros((ch, cw), np.uint8)
-        if well_c is not None:
-            cx, cy, _, r_in = well_c
-            cv2.circle(mask_c, (round(cx), round(cy)), max(round(r_in - 2), 2), 1, -1)
-        else:
-            mask_c[2:-2, 2:-2] = 1
-        cnts, _ = cv2.findContours(mask_c, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        contour_c = np.asarray(cnts[0], dtype=np.int32)
-
+    mroi_c, contour_c = found if found is not None else _assumed_drop(ch, cw, well_c)
     # the drop ROI, in coarse and working pixels
     x0, y0, bw, bh = cv2.boundingRect(contour_c)
-    x1, y1 = min(x0 + bw, cw), min(y0 + bh, ch)
+    x1, y1 = x0 + bw, y0 + bh
     roi_c = pyr.coarse[y0:y1, x0:x1]
-    mroi_c = mask_c[y0:y1, x0:x1]
     drop_area_c = float(cv2.countNonZero(mroi_c))  # the mask is 0/1
     eq_r_c = math.sqrt(max(drop_area_c, 1.0) / math.pi)
     margin_c = max(1, round(p.edge_margin_frac * eq_r_c))
@@ -99,19 +105,22 @@ def analyse(
     roi_w = pyr.work_roi(wy0, wy1, wx0, wx1)
     rh, rw = roi_w.shape
     flat = flatten(roi_w, bg)
-    # a 0/1 mask enlarged exactly 2x: bilinear weights (9/16, 3/16, 3/16, 1/16) always round
-    # to the nearest source pixel, so this equals INTER_NEAREST, at about half its cost
-    exact2 = (rw, rh) == (2 * inner_c.shape[1], 2 * inner_c.shape[0])
-    up = cv2.INTER_LINEAR if exact2 else cv2.INTER_NEAREST
-    inner_w = np.asarray(cv2.resize(inner_c, (rw, rh), interpolation=up), dtype=np.uint8)
+    if (rw, rh) == (2 * inner_c.shape[1], 2 * inner_c.shape[0]):
+        inner_w = double(inner_c)
+    else:
+        inner_w = np.asarray(
+            cv2.resize(inner_c, (rw, rh), interpolation=cv2.INTER_NEAREST), dtype=np.uint8
+        )
 
     min_area_w = p.min_crystal_px / (ws * ws)
     diff = fine_contrast(flat)
+    grad, hat = edge_maps(flat)
     blobs, counted, obj = find_blobs(
         flat,
         inner_w,
         p.crystal_contrast,
         min_area_w,
+        grad,
         diff,
         p.edge_contrast,
         small_area=4 * min_area_w,
@@ -119,7 +128,7 @@ def analyse(
     near_obj = np.asarray(cv2.dilate(obj, _K5), dtype=np.uint8)
     away = np.asarray(cv2.subtract(inner_w, near_obj), dtype=np.uint8)  # drop, off objects (0/1)
     tex, fine = texture_density(diff, away)
-    lines = line_density(flat, away)
+    lines = line_density(hat, away)
 
     crystals: list[CrystalMeasure] = []
     best_score = 0.0
@@ -212,7 +221,7 @@ def analyse(
             bbox_px=(x0 * cs, y0 * cs, bw * cs, bh * cs),
             area_px=drop_area_c * cs * cs,
             centroid_px=((cen[0] + 0.5) * cs - 0.5, (cen[1] + 0.5) * cs - 0.5),
-            contour_px=tuple(zip(pts[:, 0].tolist(), pts[:, 1].tolist(), strict=True)),
+            contour_px=tuple(zip(*pts.T.tolist(), strict=True)),
         )
     result = Inspection(
         drop_class=drop_class,

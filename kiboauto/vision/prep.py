@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Grey", "Pyramid", "build_pyramid", "halve", "percentile_u8", "to_grey"]
+__all__ = ["Grey", "Pyramid", "build_pyramid", "double", "halve", "percentile_u8", "to_grey"]
 
 Grey = npt.NDArray[np.uint8]
 _ROW3 = np.ones((1, 3), np.uint8)
@@ -36,6 +36,18 @@ def halve(
     dst: Any = out
     cv2.resize(src, (w // 2, h // 2), dst=dst, interpolation=cv2.INTER_AREA)
     return out
+
+
+def double(img: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """A uint8 image enlarged exactly 2x, each pixel repeated 2x2 (nearest neighbour).
+
+    Times 257 puts every byte twice into a 16-bit word (v * 257 = v << 8 | v), which read back
+    as bytes doubles the columns; repeating rows does the rest. Several times cheaper than
+    ``cv2.resize`` for this case.
+    """
+    h, w = img.shape
+    pairs = np.multiply(img, 257, dtype=np.uint16)
+    return np.repeat(pairs.view(np.uint8).reshape(h, 2 * w), 2, axis=0)
 
 
 _POOL = threading.local()
