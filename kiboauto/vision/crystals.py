@@ -108,50 +108,56 @@ class _Outlines:
     """Several closed outlines (OpenCV contours of integer points) measured together.
 
     Each measure equals what OpenCV's per-contour call returns (``arcLength`` adds float32
-    segment lengths in order; areas and moments are sums of integer products), computed with
-    a few array operations instead of one call per outline.
+    segment lengths; areas and moments are sums of integer products, exact in float64), computed
+    with a few array operations for all outlines instead of one call per outline.
     """
 
-    def __init__(self, contours: Sequence[npt.NDArray[np.int32]]) -> None:
-        counts = np.fromiter(map(len, contours), np.int64, len(contours))
-        self.pts = np.concatenate(contours).reshape(-1, 2)
-        self.starts = np.zeros(len(contours), np.int64)
-        counts[:-1].cumsum(out=self.starts[1:])
-        last = self.starts + counts - 1
-        self.prev = np.empty_like(self.pts)
-        self.prev[1:] = self.pts[:-1]
-        self.prev[self.starts] = self.pts[last]  # closed: the first point follows the last
-        self._p64 = self.pts.astype(np.int64)
-        self._q64 = self.prev.astype(np.int64)
-        self._cross = self._q64[:, 0] * self._p64[:, 1] - self._q64[:, 1] * self._p64[:, 0]
+    def __init__(self, contours: Sequence[npt.NDArray[np.int32]], moments: bool = False) -> None:
+        n = len(contours)
+        counts = np.fromiter(map(len, contours), np.intp, n)
+        pts = np.concatenate(contours).reshape(-1, 2)
+        starts = np.zeros(n, np.intp)
+        counts[:-1].cumsum(out=starts[1:])
+        prev = np.empty_like(pts)
+        prev[1:] = pts[:-1]
+        prev[starts] = pts[starts + counts - 1]  # closed: the first point follows the last
+        d = (pts - prev).astype(np.float32)
+        p = pts.T.astype(np.float64)
+        q = prev.T.astype(np.float64)
+        # per point: segment length, cross product (twice the signed area), and for the
+        # centroid the cross product times the summed x and y; summed per outline in one call
+        cols = np.empty((4 if moments else 2, len(pts)), np.float64)
+        cols[0] = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1])
+        cross = np.multiply(q[0], p[1], out=cols[1])
+        cross -= q[1] * p[0]
+        if moments:
+            np.multiply(cross, p[0] + q[0], out=cols[2])
+            np.multiply(cross, p[1] + q[1], out=cols[3])
+        self.pts, self.starts = pts, starts
+        self._sums = np.add.reduceat(cols, starts, axis=1)
 
     def perimeters(self) -> npt.NDArray[np.float64]:
-        d = (self.pts - self.prev).astype(np.float32)
-        seg = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1])
-        return np.asarray(np.add.reduceat(seg.astype(np.float64), self.starts), np.float64)
+        return self._sums[0]
 
     def areas(self) -> npt.NDArray[np.float64]:
-        return np.abs(np.add.reduceat(self._cross, self.starts)).astype(np.float64) * 0.5
+        return np.abs(self._sums[1]) * 0.5
 
-    def boxes(self) -> tuple[npt.NDArray[np.int64], ...]:
+    def boxes(self) -> tuple[npt.NDArray[np.intp], ...]:
         lo = np.minimum.reduceat(self.pts, self.starts)
         hi = np.maximum.reduceat(self.pts, self.starts)
         return lo[:, 0], lo[:, 1], hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
 
     def centroids(self, which: list[int]) -> tuple[list[float], list[float], list[float]]:
-        """(cx, cy, m00) of outlines ``which``, as ``cv2.moments`` gives them."""
-        cross, p, q = self._cross, self._p64, self._q64
-        a00 = np.add.reduceat(cross, self.starts)[which].astype(np.float64)
-        a10 = np.add.reduceat(cross * (p[:, 0] + q[:, 0]), self.starts)[which].astype(np.float64)
-        a01 = np.add.reduceat(cross * (p[:, 1] + q[:, 1]), self.starts)[which].astype(np.float64)
+        """(cx, cy, m00) of outlines ``which``, as ``cv2.moments`` gives them (the outlines must
+        have been measured with ``moments=True``)."""
+        a00, a10, a01 = self._sums[1:4, which]
         sign = np.where(a00 > 0, 1.0, -1.0)
         m00 = a00 * (0.5 * sign)
-        m10 = a10 * (sign / 6.0)
-        m01 = a01 * (sign / 6.0)
         ok = np.abs(a00) > _EPS32
         m00 = np.where(ok, m00, 0.0)
         safe = np.where(ok, m00, 1.0)
-        return (m10 / safe).tolist(), (m01 / safe).tolist(), m00.tolist()
+        sixth = sign / 6.0
+        return (a10 * sixth / safe).tolist(), (a01 * sixth / safe).tolist(), m00.tolist()
 
 
 @dataclass(frozen=True)
@@ -236,7 +242,7 @@ def find_blobs(
     if not cand:
         return blobs, Unmeasured(), obj
     # outline measures of all candidates at once (the same numbers OpenCV's per-contour calls give)
-    ol = _Outlines(cand)
+    ol = _Outlines(cand, moments=True)
     perims = ol.perimeters().tolist()
     areas = ol.areas().tolist()
     xs0, ys0, ws_, hs_ = (v.tolist() for v in ol.boxes())

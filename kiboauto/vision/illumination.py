@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import cv2
@@ -22,31 +23,34 @@ def fit_background(
     so crystals, dirt and the meniscus (outliers) do not pull it. Values are at least 1.0.
     """
     h, w = coarse_roi.shape
-    step = max(1, int(np.sqrt(h * w / (2.0 * max_points))))
-    ys, xs = np.nonzero(mask[::step, ::step])
-    n = xs.size
+    step = max(1, int(math.sqrt(h * w / (2.0 * max_points))))
+    grid = mask[::step, ::step]
+    idx = np.flatnonzero(grid)
+    n = idx.size
     if n < 12:
         level = float(np.median(coarse_roi)) if coarse_roi.size else 1.0
         return np.full((min(h, 32), min(w, 32)), max(level, 1.0), np.float32)
     if n > max_points:  # evenly spread picks, first and last included
-        pick = np.arange(max_points, dtype=np.int64) * (n - 1) // (max_points - 1)
-        xs, ys, n = xs[pick], ys[pick], max_points
-    xs, ys = xs * step, ys * step
-    vals = coarse_roi[ys, xs].astype(np.float32)
+        idx = idx[np.arange(max_points, dtype=np.int64) * (n - 1) // (max_points - 1)]
+        n = max_points
+    ys, xs = np.divmod(idx, grid.shape[1])
+    vals = coarse_roi[::step, ::step].ravel()[idx].astype(np.float32)
     # coordinates scaled to [-1, 1] over the ROI, design columns 1, u, v, u^2, uv, v^2
     sx, sy = 2.0 / max(w, 1), 2.0 / max(h, 1)
-    u = xs.astype(np.float32) * np.float32(sx) - 1
-    v = ys.astype(np.float32) * np.float32(sy) - 1
+    u = (xs * step).astype(np.float32) * np.float32(sx) - 1
+    v = (ys * step).astype(np.float32) * np.float32(sy) - 1
     a = np.empty((n, 6), np.float32)
     a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5] = 1, u, v, u * u, u * v, v * v
+    col = vals[:, None]
     keep: npt.NDArray[np.bool_] | None = None
     coef: Any = np.zeros((6, 1), np.float32)
     for _ in range(2):
-        ak, vk = (a, vals) if keep is None else (a[keep], vals[keep])
-        _, coef = cv2.solve(ak, vk[:, None], flags=cv2.DECOMP_CHOLESKY | cv2.DECOMP_NORMAL)
+        ak, vk = (a, col) if keep is None else (a[keep], col[keep])
+        _, coef = cv2.solve(ak, vk, flags=cv2.DECOMP_CHOLESKY | cv2.DECOMP_NORMAL)
         resid = np.abs(vals - (a @ coef).ravel())
         rk = resid if keep is None else resid[keep]
-        med = float(np.partition(rk, rk.size // 2)[rk.size // 2])  # (upper) median
+        half = rk.size // 2
+        med = float(np.partition(rk, half)[half])  # (upper) median
         keep = resid < 2.5 * (1.4826 * med + 1.0)
         if np.count_nonzero(keep) < 12:
             break
