@@ -16,20 +16,29 @@ __all__ = ["find_well", "fit_circle"]
 def fit_circle(
     xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64]
 ) -> tuple[float, float, float]:
-    """Least-squares (Kåsa) circle through points: (cx, cy, r).
+    """Least-squares (Kåsa) circle through points: (cx, cy, r)."""
+    return _kasa(_design(xs, ys))
 
-    The 3x3 normal equations are formed from a few dot products and solved by Cramer's rule
-    (plain floats: far cheaper than a LAPACK call for so small a system).
+
+def _design(xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Rows (x, y, 1, x^2 + y^2) of the points, for :func:`_kasa`."""
+    d = np.empty((xs.size, 4), np.float64)
+    d[:, 0], d[:, 1], d[:, 2] = xs, ys, 1.0
+    d[:, 3] = xs * xs + ys * ys
+    return d
+
+
+def _kasa(design: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+    """The Kåsa circle of the points in ``design`` (see :func:`_design`).
+
+    All sums the 3x3 normal equations need come from one 4x4 product; the system is solved by
+    Cramer's rule in plain floats (far cheaper than a LAPACK call for so small a system).
     """
-    z = xs * xs + ys * ys
-    p, q, r_ = float(xs @ xs), float(xs @ ys), float(xs.sum())
-    s, t, u = float(ys @ ys), float(ys.sum()), float(xs.size)
-    v = (float(xs @ z), float(ys @ z), float(z.sum()))
+    (p, q, r_, b0), (_, s, t, b1), (_, _, u, b2), _ = (design.T @ design).tolist()
     p, s, u = p + 1e-9, s + 1e-9, u + 1e-9
     det = p * (s * u - t * t) - q * (q * u - t * r_) + r_ * (q * t - s * r_)
     if det == 0.0:
         det = 1e-300
-    b0, b1, b2 = v
     d0 = b0 * (s * u - t * t) - q * (b1 * u - t * b2) + r_ * (b1 * t - s * b2)
     d1 = p * (b1 * u - t * b2) - b0 * (q * u - t * r_) + r_ * (q * b2 - b1 * r_)
     d2 = p * (s * b2 - b1 * t) - q * (q * b2 - b1 * r_) + b0 * (q * t - s * r_)
@@ -69,14 +78,16 @@ def find_well(small: npt.NDArray[np.uint8]) -> tuple[float, float, float, float]
     if best is None:
         return None
     pts = best.reshape(-1, 2).astype(np.float64)
-    xs, ys = pts[:, 0], pts[:, 1]
-    cx, cy, r = fit_circle(xs, ys)
+    design = _design(pts[:, 0], pts[:, 1])
+    cx, cy, r = _kasa(design)
     for tol in (0.10, 0.04):
-        d = np.abs(np.hypot(xs - cx, ys - cy) - r)
-        keep = d < tol * r + 1.0
+        # |distance to the centre - r| < tol r + 1, squared: no square root per point
+        lo, hi = max((1.0 - tol) * r - 1.0, 0.0), (1.0 + tol) * r + 1.0
+        d2 = design[:, 3] - 2.0 * cx * design[:, 0] - 2.0 * cy * design[:, 1]
+        keep = (d2 > lo * lo - cx * cx - cy * cy) & (d2 < hi * hi - cx * cx - cy * cy)
         if np.count_nonzero(keep) < 12:
             break
-        cx, cy, r = fit_circle(xs[keep], ys[keep])
+        cx, cy, r = _kasa(design[keep])
     if not (0.2 * short < r < 0.8 * max(h, w)):
         return None
     # the ring: darkest mean radius between the inner edge and 1.3x it
