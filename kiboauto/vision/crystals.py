@@ -137,10 +137,10 @@ class _Outlines:
         self._sums = np.add.reduceat(cols, starts, axis=1)
 
     def perimeters(self) -> npt.NDArray[np.float64]:
-        return self._sums[0]
+        return np.asarray(self._sums[0], dtype=np.float64)
 
     def areas(self) -> npt.NDArray[np.float64]:
-        return np.abs(self._sums[1]) * 0.5
+        return np.asarray(np.abs(self._sums[1]) * 0.5, dtype=np.float64)
 
     def boxes(self) -> tuple[npt.NDArray[np.intp], ...]:
         lo = np.minimum.reduceat(self.pts, self.starts)

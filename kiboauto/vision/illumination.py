@@ -33,11 +33,11 @@ def fit_background(
 ) -> npt.NDArray[np.float32]:
     """A smooth background for ``coarse_roi`` fitted to the pixels under ``mask`` (0/1).
 
-    A quadratic surface is fitted by least squares to the pixels under the mask on a regular
-    grid of about 2 ``max_points`` pixels, then refitted once to the pixels close to it, so crystals, dirt and the
-    meniscus (outliers) do not pull it. It is returned sampled at the centres of a 32 x 32 grid of
-    cells spanning the ROI (the layout ``cv2.resize`` assumes when :func:`flatten` enlarges it).
-    Values are at least 1.0.
+    A quadratic surface is fitted by least squares to the pixels under the mask on a regular grid
+    of about 2 ``max_points`` pixels, then refitted once to the pixels close to it, so crystals,
+    dirt and the meniscus (outliers) do not pull it. It is returned sampled at the centres of a
+    32 x 32 grid of cells spanning the ROI (the layout ``cv2.resize`` assumes when :func:`flatten`
+    enlarges it). Values are at least 1.0.
     """
     h, w = coarse_roi.shape
     step = max(1, int(math.sqrt(h * w / (2.0 * max_points))))

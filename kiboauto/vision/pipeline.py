@@ -24,7 +24,7 @@ from .io import check_image
 from .models import CRYSTAL_MLP, mlp_predict
 from .prep import build_pyramid, double, halve
 from .types import CrystalMeasure, DropInfo, Inspection, InspectParams, WellInfo
-from .well import find_well
+from .well import find_well, well_reference
 
 __all__ = ["inspect"]
 
@@ -76,21 +76,30 @@ def analyse(
     f = cs // ws  # working pixels per coarse pixel
     ch, cw = pyr.coarse.shape
 
-    # the well on a copy half the coarse size (a big, smooth ring), back in coarse pixels
-    well_t = find_well(np.asarray(halve(pyr.coarse), dtype=np.uint8))
+    # the well and the drop on a copy half the coarse size, back in coarse pixels
+    small = np.asarray(halve(pyr.coarse), dtype=np.uint8)
+    smooth, ref = well_reference(small)
+    well_s = find_well(smooth, ref)
     well_c = None
-    if well_t is not None:
-        tx, ty, tr, tri = well_t
+    if well_s is not None:
+        tx, ty, tr, tri = well_s
         well_c = ((tx + 0.5) * 2 - 0.5, (ty + 0.5) * 2 - 0.5, tr * 2, tri * 2)
-    found = find_drop(pyr.coarse, well_c)
+    found = find_drop(small, well_s, ref)
     features: dict[str, float] = {
         "well_found": 0.0 if well_c is None else 1.0,
         "drop_found": 0.0 if found is None else 1.0,
     }
-    mroi_c, contour_c = found if found is not None else _assumed_drop(ch, cw, well_c)
+    if found is not None:
+        mask_s, contour_s = found
+        mroi_c = double(mask_s)
+        xs0, ys0, bws, bhs = cv2.boundingRect(contour_s)
+        x0, y0, bw, bh = 2 * xs0, 2 * ys0, 2 * bws, 2 * bhs
+    else:
+        mroi_c, contour_c = _assumed_drop(ch, cw, well_c)
+        x0, y0, bw, bh = cv2.boundingRect(contour_c)
     # the drop ROI, in coarse and working pixels
-    x0, y0, bw, bh = cv2.boundingRect(contour_c)
-    x1, y1 = x0 + bw, y0 + bh
+    x1, y1 = min(x0 + bw, cw), min(y0 + bh, ch)
+    mroi_c = mroi_c[: y1 - y0, : x1 - x0]
     roi_c = pyr.coarse[y0:y1, x0:x1]
     drop_area_c = float(cv2.countNonZero(mroi_c))  # the mask is 0/1
     eq_r_c = math.sqrt(max(drop_area_c, 1.0) / math.pi)
@@ -210,17 +219,18 @@ def analyse(
         well = WellInfo(((cx + 0.5) * cs - 0.5, (cy + 0.5) * cs - 0.5), r * cs)
     drop = None
     if found is not None:
-        m = cv2.moments(contour_c)
+        ss = 2 * cs  # full-resolution pixels per pixel of the copy the drop was found on
+        m = cv2.moments(contour_s)
         cen = (
             (m["m10"] / m["m00"], m["m01"] / m["m00"])
             if m["m00"] > 0
-            else (x0 + bw / 2, y0 + bh / 2)
+            else (xs0 + bws / 2, ys0 + bhs / 2)
         )
-        pts = contour_c.reshape(-1, 2) * cs + cs // 2
+        pts = contour_s.reshape(-1, 2) * ss + ss // 2
         drop = DropInfo(
             bbox_px=(x0 * cs, y0 * cs, bw * cs, bh * cs),
             area_px=drop_area_c * cs * cs,
-            centroid_px=((cen[0] + 0.5) * cs - 0.5, (cen[1] + 0.5) * cs - 0.5),
+            centroid_px=((cen[0] + 0.5) * ss - 0.5, (cen[1] + 0.5) * ss - 0.5),
             contour_px=tuple(zip(*pts.T.tolist(), strict=True)),
         )
     result = Inspection(

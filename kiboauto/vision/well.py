@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from .prep import percentile_u8
 
-__all__ = ["find_well", "fit_circle"]
+__all__ = ["find_well", "fit_circle", "well_reference"]
 
 
 def fit_circle(
@@ -47,17 +47,26 @@ def _kasa(design: npt.NDArray[np.float64]) -> tuple[float, float, float]:
     return cx, cy, r
 
 
-def find_well(small: npt.NDArray[np.uint8]) -> tuple[float, float, float, float] | None:
-    """The well as (cx, cy, r_ring, r_inner) in ``small``'s pixels, or None when there is none.
-
-    The clear inside of the well is a large bright region bounded by the dark wall ring and not
-    touching the frame: a circle is fitted (robustly) to its outer boundary, giving the inner edge
-    of the ring; the darkest radius just outside it, averaged over all directions, is the ring.
-    """
-    h, w = small.shape
-    short = min(h, w)
+def well_reference(small: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], float]:
+    """(``small`` smoothed by a 5x5 Gaussian, its 75th percentile): the inputs of
+    :func:`find_well`; the percentile is also the brightness reference of the drop search."""
     smooth = np.asarray(cv2.GaussianBlur(small, (5, 5), 0), dtype=np.uint8)
-    ref = percentile_u8(smooth, 75)
+    return smooth, percentile_u8(smooth, 75)
+
+
+def find_well(
+    smooth: npt.NDArray[np.uint8], ref: float
+) -> tuple[float, float, float, float] | None:
+    """The well as (cx, cy, r_ring, r_inner) in ``smooth``'s pixels, or None when there is none.
+
+    ``smooth``: a small, smoothed grey copy of the frame; ``ref``: its bright level (75th
+    percentile, see :func:`well_reference`). The clear inside of the well is a large bright region
+    bounded by the dark wall ring and not touching the frame: a circle is fitted (robustly) to its
+    outer boundary, giving the inner edge of the ring; the darkest radius just outside it,
+    averaged over all directions, is the ring.
+    """
+    h, w = smooth.shape
+    short = min(h, w)
     if ref < 8:
         return None
     _, bright = cv2.threshold(smooth, 0.55 * ref, 1, cv2.THRESH_BINARY)
