@@ -20,7 +20,9 @@ __all__ = ["find_drop"]
 _K3 = np.ones((3, 3), np.uint8)
 _CROSS = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))  # a 3x3 cross
 _ANG = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-_COS, _SIN = np.cos(_ANG), np.sin(_ANG)
+# seed points: 24 directions at 2, 3 and 4 steps inside the wall
+_SEED_STEPS = np.repeat(np.arange(2.0, 5.0), 24)
+_SEED_COS, _SEED_SIN = np.tile(np.cos(_ANG), 3), np.tile(np.sin(_ANG), 3)
 
 
 def find_drop(
@@ -61,22 +63,25 @@ def find_drop(
         r_in = max(r_in - 1.5, 3.0)
         cv2.circle(region, (round(cx), round(cy)), round(r_in), 1, -1)
         # seed points just inside the wall, all round (the outside-the-drop part of the well)
-        rr = np.asarray([r_in - k * max(1.0, 0.02 * r_in) for k in range(2, 5)])[:, None]
-        sx = np.round(cx + rr * _COS).astype(np.int64).ravel()
-        sy = np.round(cy + rr * _SIN).astype(np.int64).ravel()
+        rr = r_in - _SEED_STEPS * max(1.0, 0.02 * r_in)
+        sx = np.rint(cx + rr * _SEED_COS).astype(np.intp)
+        sy = np.rint(cy + rr * _SEED_SIN).astype(np.intp)
+        inside_all = min(cx, cy) - r_in >= 0.0 and cx + r_in <= cw - 1 and cy + r_in <= ch - 1
     else:
         region[:] = 1
         seeds: list[tuple[int, int]] = []
         for t in np.linspace(0, 1, 16, endpoint=False):
             seeds += [(round(t * (cw - 1)), 1), (round(t * (cw - 1)), ch - 2)]
             seeds += [(1, round(t * (ch - 1))), (cw - 2, round(t * (ch - 1)))]
-        sx = np.asarray([p[0] for p in seeds], np.int64)
-        sy = np.asarray([p[1] for p in seeds], np.int64)
+        sx = np.asarray([p[0] for p in seeds], np.intp)
+        sy = np.asarray([p[1] for p in seeds], np.intp)
+        inside_all = True
     # free space = inside the region, not on an edge; flood it from every seed (value 2),
     # checking the remaining seeds in bulk after each fill (most fall in the first one)
     free = cv2.subtract(region, edge)
-    inside = (sx >= 0) & (sx < cw) & (sy >= 0) & (sy < ch)
-    sx, sy = sx[inside], sy[inside]
+    if not inside_all:  # (the well reaches past the frame)
+        inside = (sx >= 0) & (sx < cw) & (sy >= 0) & (sy < ch)
+        sx, sy = sx[inside], sy[inside]
     while sx.size:
         todo = free[sy, sx] == 1
         if not todo.any():

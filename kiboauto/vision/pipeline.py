@@ -21,7 +21,7 @@ from .crystals import (
 from .drop import find_drop
 from .illumination import fit_background, flatten
 from .io import check_image
-from .models import CRYSTAL_MLP, mlp_predict
+from .models import CRYSTAL_MLP, mlp_positive
 from .prep import build_pyramid, double, halve
 from .types import CrystalMeasure, DropInfo, Inspection, InspectParams, WellInfo
 from .well import find_well, well_reference
@@ -29,6 +29,10 @@ from .well import find_well, well_reference
 __all__ = ["inspect"]
 
 _K5 = np.ones((5, 5), np.uint8)
+_DEFAULTS = InspectParams()
+# the drop mask found on the small copy takes in the (3x3 widened) meniscus line, which is about
+# 2 coarse pixels wider there than a line found on the coarse copy: the edge band grows by that
+_MENISCUS_C = 2
 
 
 def _assumed_drop(
@@ -69,7 +73,7 @@ def analyse(
     """
     if not um_per_px > 0:
         raise ValueError("um_per_px must be > 0")
-    p = params or InspectParams()
+    p = params or _DEFAULTS
     img = check_image(image)
     pyr = build_pyramid(img, p.work_short_px, p.coarse_short_px)
     cs, ws = pyr.coarse_scale, pyr.work_scale
@@ -103,7 +107,9 @@ def analyse(
     roi_c = pyr.coarse[y0:y1, x0:x1]
     drop_area_c = float(cv2.countNonZero(mroi_c))  # the mask is 0/1
     eq_r_c = math.sqrt(max(drop_area_c, 1.0) / math.pi)
-    margin_c = max(1, round(p.edge_margin_frac * eq_r_c))
+    margin_c = max(1, round(p.edge_margin_frac * eq_r_c)) + (
+        _MENISCUS_C if found is not None else 0
+    )
     k = np.ones((2 * margin_c + 1, 2 * margin_c + 1), np.uint8)
     inner_c = np.asarray(cv2.erode(mroi_c, k), dtype=np.uint8)
     bg = fit_background(roi_c, inner_c)
@@ -136,8 +142,9 @@ def analyse(
     )
     near_obj = np.asarray(cv2.dilate(obj, _K5), dtype=np.uint8)
     away = np.asarray(cv2.subtract(inner_w, near_obj), dtype=np.uint8)  # drop, off objects (0/1)
-    tex, fine = texture_density(diff, away)
-    lines = line_density(hat, away)
+    n_away = cv2.countNonZero(away)
+    tex, fine = texture_density(diff, away, n_away)
+    lines = line_density(hat, away, n_away)
 
     crystals: list[CrystalMeasure] = []
     best_score = 0.0
@@ -150,7 +157,7 @@ def analyse(
     inner_blobs = [b for b in blobs if b.measured]
     probs: list[float] = []
     if inner_blobs and CRYSTAL_MLP:  # (the model is empty only while it is being retrained)
-        probs = mlp_predict(CRYSTAL_MLP, [b.vector() for b in inner_blobs])[:, 1].tolist()
+        probs = mlp_positive(CRYSTAL_MLP, [b.vector() for b in inner_blobs]).tolist()
     else:
         probs = [0.0] * len(inner_blobs)
     scores = {id(b): float(q) for b, q in zip(inner_blobs, probs, strict=True)}

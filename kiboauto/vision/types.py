@@ -30,7 +30,8 @@ class InspectParams:
 
     ``work_short_px``: the short side the frame is reduced to for the crystal search (the drop ROI
     is analysed at that scale and results are mapped back to full-resolution pixels);
-    ``coarse_short_px``: the short side used to find the well and the drop;
+    ``coarse_short_px``: the short side of the coarse copy the background is fitted on; the well
+    and the drop are found on a copy half that size;
     ``crystal_contrast``: relative contrast (after flattening) that marks object pixels;
     ``edge_contrast``: 3x3 gradient (relative) that marks object outlines;
     ``min_crystal_px``: smallest object area, in full-resolution pixels;

@@ -90,10 +90,12 @@ def find_well(
     design = _design(pts[:, 0], pts[:, 1])
     cx, cy, r = _kasa(design)
     for tol in (0.10, 0.04):
-        # |distance to the centre - r| < tol r + 1, squared: no square root per point
+        # |distance to the centre - r| < tol r + 1, on squared distances (no root per point):
+        # lo^2 < |p - c|^2 < hi^2, and |p - c|^2 - |c|^2 is one product with the design rows
         lo, hi = max((1.0 - tol) * r - 1.0, 0.0), (1.0 + tol) * r + 1.0
-        d2 = design[:, 3] - 2.0 * cx * design[:, 0] - 2.0 * cy * design[:, 1]
-        keep = (d2 > lo * lo - cx * cx - cy * cy) & (d2 < hi * hi - cx * cx - cy * cy)
+        d2 = design @ np.asarray([-2.0 * cx, -2.0 * cy, 0.0, 1.0])
+        mid, half = 0.5 * (hi * hi + lo * lo) - cx * cx - cy * cy, 0.5 * (hi * hi - lo * lo)
+        keep = np.abs(d2 - mid) < half
         if np.count_nonzero(keep) < 12:
             break
         cx, cy, r = _kasa(design[keep])
