@@ -357,3 +357,26 @@ def test_params_are_used() -> None:
     strict = inspect(img, um_per_px=spec.um_per_px, params=InspectParams(min_crystal_score=0.999))
     loose = inspect(img, um_per_px=spec.um_per_px)
     assert len(strict.crystals) <= len(loose.crystals)
+
+
+@pytest.mark.req("KA-VIS-001")
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (145, 150), (240, 320)])
+def test_double_equals_nearest_enlargement(shape: tuple[int, int]) -> None:
+    from kiboauto.vision.prep import double
+
+    img = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    big = double(img)
+    want = cv2.resize(img, (2 * shape[1], 2 * shape[0]), interpolation=cv2.INTER_NEAREST)
+    assert big.shape == want.shape and big.dtype == np.uint8
+    assert np.array_equal(big, want)
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_two_class_model_probability_matches_softmax() -> None:
+    from kiboauto.vision.models import CRYSTAL_MLP, mlp_positive, mlp_predict
+
+    rows = np.random.default_rng(3).normal(0.0, 1.0, (50, len(CRYSTAL_MLP["mu"]))).tolist()
+    p1 = mlp_positive(CRYSTAL_MLP, rows)
+    assert p1.shape == (50,)
+    np.testing.assert_allclose(p1, mlp_predict(CRYSTAL_MLP, rows)[:, 1], rtol=0, atol=1e-12)
+    assert ((p1 > 0.0) & (p1 < 1.0)).all()

@@ -8,16 +8,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["fit_background", "flatten"]
+__all__ = ["background_grid", "fit_background", "flatten"]
 
 
-_GRID = 32  # the background is returned on a _GRID x _GRID grid of cell centres over the ROI
-_G = (2.0 * np.arange(_GRID) + 1.0) / _GRID - 1.0  # cell centres in [-1, 1]
-_GU, _GV = np.meshgrid(_G, _G)
-# the quadratic's terms (1, u, v, u^2, uv, v^2) at every grid cell, row by row
-_GRID_TERMS = np.stack(
-    [np.ones_like(_GU), _GU, _GV, _GU * _GU, _GU * _GV, _GV * _GV], axis=-1
-).reshape(-1, 6)
+_GRID = 32  # the background is handed to flatten() on a _GRID x _GRID grid of cell centres
+_CELLS = np.arange(_GRID, dtype=np.float64) + 0.5
 
 
 def _least_squares(
@@ -30,14 +25,15 @@ def _least_squares(
 
 def fit_background(
     coarse_roi: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8], max_points: int = 300
-) -> npt.NDArray[np.float32]:
-    """A smooth background for ``coarse_roi`` fitted to the pixels under ``mask`` (0/1).
+) -> npt.NDArray[np.float64]:
+    """A smooth background for ``coarse_roi`` fitted to the pixels under ``mask`` (0/1): the
+    coefficients of a quadratic in (1, u, v, u^2, uv, v^2), where pixel (x, y) of the ROI lies at
+    u = (2 x + 1) / w - 1, v = (2 y + 1) / h - 1 (the ROI spans [-1, 1]).
 
-    A quadratic surface is fitted by least squares to the pixels under the mask on a regular grid
-    of about 2 ``max_points`` pixels, then refitted once to the pixels close to it, so crystals,
-    dirt and the meniscus (outliers) do not pull it. It is returned sampled at the centres of a
-    32 x 32 grid of cells spanning the ROI (the layout ``cv2.resize`` assumes when :func:`flatten`
-    enlarges it). Values are at least 1.0.
+    The quadratic is fitted by least squares to the pixels under the mask on a regular grid of
+    about 2 ``max_points`` pixels, then refitted once to the pixels close to it, so crystals,
+    dirt and the meniscus (outliers) do not pull it. With fewer than 12 such pixels it is the
+    ROI's median level. See :func:`background_grid` for its values.
     """
     h, w = coarse_roi.shape
     step = max(1, int(math.sqrt(h * w / (2.0 * max_points))))
@@ -45,9 +41,8 @@ def fit_background(
     vals = coarse_roi[::step, ::step][picked].astype(np.float64)
     if vals.size < 12:
         level = float(np.median(coarse_roi)) if coarse_roi.size else 1.0
-        return np.full((_GRID, _GRID), max(level, 1.0), np.float32)
+        return np.asarray([level, 0.0, 0.0, 0.0, 0.0, 0.0])
     ys, xs = np.nonzero(picked)
-    # pixel x lies at u = (2 x + 1) / w - 1 (pixel centres, the ROI spanning [-1, 1])
     u = xs * (2.0 * step / w) + (1.0 / w - 1.0)
     v = ys * (2.0 * step / h) + (1.0 / h - 1.0)
     terms = np.empty((vals.size, 6), np.float64)
@@ -59,7 +54,24 @@ def fit_background(
     keep = resid < 2.5 * (1.4826 * med + 1.0)
     if np.count_nonzero(keep) >= 12:
         coef = _least_squares(terms[keep], vals[keep])
-    bg = (_GRID_TERMS @ coef).reshape(_GRID, _GRID)
+    return coef
+
+
+def background_grid(
+    coef: npt.NDArray[np.float64],
+    roi_shape: tuple[int, int],
+    window: tuple[int, int, int, int] | None = None,
+) -> npt.NDArray[np.float32]:
+    """The background of :func:`fit_background` (for a ROI of ``roi_shape`` (h, w)) at the
+    centres of a 32 x 32 grid of cells spanning ``window`` (x0, y0, x1, y1) of that ROI (all of
+    it by default): the layout ``cv2.resize`` assumes when :func:`flatten` enlarges it. Values are
+    at least 1.0."""
+    h, w = roi_shape
+    x0, y0, x1, y1 = window if window is not None else (0, 0, w, h)
+    u = (2.0 * x0 + _CELLS * (2.0 * (x1 - x0) / _GRID)) / w - 1.0
+    v = ((2.0 * y0 + _CELLS * (2.0 * (y1 - y0) / _GRID)) / h - 1.0)[:, None]
+    c0, c1, c2, c3, c4, c5 = coef.tolist()
+    bg = (c0 + u * (c1 + c3 * u)) + v * ((c2 + c4 * u) + c5 * v)
     return np.asarray(np.maximum(bg, 1.0), dtype=np.float32)
 
 

@@ -19,7 +19,7 @@ from .crystals import (
     texture_density,
 )
 from .drop import find_drop
-from .illumination import fit_background, flatten
+from .illumination import background_grid, fit_background, flatten
 from .io import check_image
 from .models import CRYSTAL_MLP, mlp_positive
 from .prep import build_pyramid, double, halve
@@ -33,6 +33,7 @@ _DEFAULTS = InspectParams()
 # the drop mask found on the small copy takes in the (3x3 widened) meniscus line, which is about
 # 2 coarse pixels wider there than a line found on the coarse copy: the edge band grows by that
 _MENISCUS_C = 2
+_PAD_C = 3  # coarse pixels around the inner mask searched at working resolution (see below)
 
 
 def _assumed_drop(
@@ -112,13 +113,22 @@ def analyse(
     )
     k = np.ones((2 * margin_c + 1, 2 * margin_c + 1), np.uint8)
     inner_c = np.asarray(cv2.erode(mroi_c, k), dtype=np.uint8)
-    bg = fit_background(roi_c, inner_c)
+    bg_coef = fit_background(roi_c, inner_c)
 
-    wx0, wy0 = x0 * f, y0 * f
+    # the crystal search works at working resolution on the inner mask's box (plus a margin wider
+    # than the reach of its filters, so the crop changes nothing inside the mask)
+    ix, iy, iw, ih = cv2.boundingRect(inner_c)
+    if iw == 0:  # (a drop too small to have an inside)
+        ix, iy, iw, ih = 0, 0, x1 - x0, y1 - y0
+    cx0, cy0 = max(ix - _PAD_C, 0), max(iy - _PAD_C, 0)
+    cx1, cy1 = min(ix + iw + _PAD_C, x1 - x0), min(iy + ih + _PAD_C, y1 - y0)
+    inner_c = inner_c[cy0:cy1, cx0:cx1]
+    wx0, wy0 = (x0 + cx0) * f, (y0 + cy0) * f
     work_h, work_w = pyr.work_shape
-    wx1, wy1 = min(x1 * f, work_w), min(y1 * f, work_h)
+    wx1, wy1 = min((x0 + cx1) * f, work_w), min((y0 + cy1) * f, work_h)
     roi_w = pyr.work_roi(wy0, wy1, wx0, wx1)
     rh, rw = roi_w.shape
+    bg = background_grid(bg_coef, roi_c.shape, (cx0, cy0, cx1, cy1))
     flat = flatten(roi_w, bg)
     if (rw, rh) == (2 * inner_c.shape[1], 2 * inner_c.shape[0]):
         inner_w = double(inner_c)
