@@ -331,18 +331,23 @@ def _appearance(
     gran: list[float] = []
     spread: list[float] = []
     depth: list[float] = []
+    height, width = flat.shape
     for c, (x, y, w, h) in shapes:
-        sub = np.zeros((h, w), np.uint8)
-        cv2.drawContours(sub, [c], -1, 1, -1, offset=(-x, -y))
-        inner = cv2.erode(sub, _K5, borderValue=0)
+        # the filled outline in its box grown by 2 px all round where the image allows (blobs
+        # usually lie that far inside), so the 5x5 erosion needs no border rule (cheaper)
+        g = 2 if min(x, y) >= 2 and x + w + 2 <= width and y + h + 2 <= height else 0
+        sub = np.zeros((h + 2 * g, w + 2 * g), np.uint8)
+        cv2.drawContours(sub, [c], -1, 1, -1, offset=(g - x, g - y))
+        inner = cv2.erode(sub, _K5) if g else cv2.erode(sub, _K5, borderValue=0)
         rim = cv2.subtract(sub, inner)
-        box = flat[y : y + h, x : x + w]
+        rows, cols = slice(y - g, y + h + g), slice(x - g, x + w + g)
+        box = flat[rows, cols]
         mean, std = cv2.meanStdDev(box, mask=sub)
         pol.append((float(mean[0, 0]) - 128.0) / 128.0)
         spread.append(float(std[0, 0]) / 128.0)
         depth.append((128.0 - cv2.minMaxLoc(box, sub)[0]) / 128.0)
-        edge.append(cv2.mean(grad[y : y + h, x : x + w], rim)[0] / 128.0)
-        gran.append(0.0 if fine is None else cv2.mean(fine[y : y + h, x : x + w], inner)[0] / 128.0)
+        edge.append(cv2.mean(grad[rows, cols], rim)[0] / 128.0)
+        gran.append(0.0 if fine is None else cv2.mean(fine[rows, cols], inner)[0] / 128.0)
     return pol, edge, gran, spread, depth
 
 
