@@ -32,6 +32,7 @@ def main() -> None:
     tp = fn = fp = count_ok = n_cryst = 0
     errors: list[float] = []
     well_err: list[float] = []
+    near_px = 10.0 * min(w, h) / 960  # 10 px at 1280x960: the same part of the field of view
     for seed in range(args.first, args.first + args.count):
         spec = S.random_spec(seed, width=w, height=h)
         img, truth = S.render(spec)
@@ -46,7 +47,7 @@ def main() -> None:
             best = None
             for d in res.crystals:
                 dist = math.dist(d.centroid_px, c.centroid_px)
-                near = dist < max(0.5 * c.longest_um / spec.um_per_px, 10)
+                near = dist < max(0.5 * c.longest_um / spec.um_per_px, near_px)
                 if d.id not in used and near and (best is None or dist < best[0]):
                     best = (dist, d)
             if best is None:

@@ -6,14 +6,17 @@
     and the confusion matrix; crystal recall and precision (a detection matches a true crystal when
     its centroid lies within the true crystal's box grown by 25 %, one to one, nearest first);
     count error (mean absolute, over drops whose truth is "crystals"); size error (median and p90
-    of |measured - true| / true longest dimension, over matched crystals).
+    of |measured - true| / true longest dimension, over matched crystals). The set is rendered at
+    1280x960; ``--size-images M`` also evaluates the first M of its scenes at 640x480, 2048x2048
+    and 2560x1920 (``random_spec`` keeps the field of view: the same scene at another
+    resolution).
 
 (b) Latency, single thread (``cv2.setNumThreads(1)``), at 1280x960, 2048x2048 and 2560x1920:
     p50/p95 of ``inspect`` on the decoded frame, side by side with ``cv2.imdecode`` of the same
     frame encoded as JPEG (quality 90) and with a plain copy of the frame (``ndarray.copy``).
     Goal: inspection p50 below the JPEG decode p50 at every size.
 
-    python bench/vision_bench.py [--images 500] [--latency-frames 40] [--json]
+    python bench/vision_bench.py [--images 500] [--size-images 200] [--latency-frames 40] [--json]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np  # noqa: E402
 CLASSES = ("crystals", "precipitate", "clear", "other")
 EVAL_SEED0 = 100_000
 SIZES = ((1280, 960), (2048, 2048), (2560, 1920))
+OTHER_ACCURACY_SIZES = ((640, 480), (2048, 2048), (2560, 1920))
 
 
 def _match(found: list[Any], truth: list[Any]) -> list[tuple[Any, Any]]:
@@ -60,13 +64,14 @@ def _match(found: list[Any], truth: list[Any]) -> list[tuple[Any, Any]]:
     return pairs
 
 
-def _evaluate_one(seed: int) -> dict[str, Any]:
+def _evaluate_one(job: tuple[int, int, int]) -> dict[str, Any]:
     from kiboauto.hil.scene import random_spec, render
     from kiboauto.vision import inspect
 
+    seed, width, height = job
     cv2.setNumThreads(1)
     drop_class = CLASSES[seed % len(CLASSES)]
-    spec = random_spec(seed, drop_class=drop_class)
+    spec = random_spec(seed, drop_class=drop_class, width=width, height=height)
     image, truth = render(spec)
     result = inspect(image, um_per_px=truth.um_per_px)
     pairs = _match(result.crystals, truth.crystals)
@@ -83,10 +88,11 @@ def _evaluate_one(seed: int) -> dict[str, Any]:
     }
 
 
-def accuracy(n_images: int, workers: int) -> dict[str, Any]:
+def accuracy(n_images: int, workers: int, size: tuple[int, int] = (1280, 960)) -> dict[str, Any]:
     seeds = list(range(EVAL_SEED0, EVAL_SEED0 + n_images))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(_evaluate_one, seeds, chunksize=8))
+        jobs = [(seed, *size) for seed in seeds]
+        rows = list(pool.map(_evaluate_one, jobs, chunksize=4))
     confusion: Counter[tuple[str, str]] = Counter((r["truth"], r["found"]) for r in rows)
     correct = sum(v for (t, f), v in confusion.items() if t == f)
     n_truth = sum(r["n_truth"] for r in rows)
@@ -95,6 +101,7 @@ def accuracy(n_images: int, workers: int) -> dict[str, Any]:
     crystal_rows = [r for r in rows if r["truth"] == "crystals"]
     sizes = sorted(e for r in rows for e in r["size_errors"])
     return {
+        "size": f"{size[0]}x{size[1]}",
         "images": len(rows),
         "eval_seeds": [seeds[0], seeds[-1]],
         "class_accuracy": correct / len(rows),
@@ -169,6 +176,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--images", type=int, default=500, help="evaluation set size (>= 500)")
+    parser.add_argument(
+        "--size-images",
+        type=int,
+        default=0,
+        help="also evaluate the first N scenes at 640x480, 2048x2048 and 2560x1920",
+    )
     parser.add_argument("--latency-frames", type=int, default=40, help="frames per size")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-accuracy", action="store_true")
@@ -181,6 +194,10 @@ def main() -> None:
     results["latency"] = latency(args.latency_frames)
     if not args.skip_accuracy:
         results["accuracy"] = accuracy(args.images, args.workers)
+        if args.size_images > 0:
+            results["accuracy_other_sizes"] = [
+                accuracy(args.size_images, args.workers, size) for size in OTHER_ACCURACY_SIZES
+            ]
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -197,6 +214,18 @@ def main() -> None:
         )
     if "accuracy" in results:
         print(json.dumps(results["accuracy"], indent=2))
+    if "accuracy_other_sizes" in results:
+        print(
+            f"{'size':<11} {'images':>6} {'class acc':>9} {'recall':>7} {'precision':>9} "
+            f"{'count MAE':>9} {'size err p50':>12} {'p90':>6}"
+        )
+        for a in [results["accuracy"], *results["accuracy_other_sizes"]]:
+            print(
+                f"{a['size']:<11} {a['images']:>6} {a['class_accuracy']:>9.3f} "
+                f"{a['crystal_recall']:>7.3f} {a['crystal_precision']:>9.3f} "
+                f"{a['count_mae']:>9.2f} {a['size_error_median'] or 0:>12.3f} "
+                f"{a['size_error_p90'] or 0:>6.3f}"
+            )
 
 
 if __name__ == "__main__":

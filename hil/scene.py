@@ -16,7 +16,7 @@ Coordinates: x to the right, y down, pixel centres at integers (OpenCV's drawing
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, cast
 
 import cv2
@@ -128,6 +128,7 @@ class SceneSpec:
     colour: bool = False  # BGR with polarised-light colours of birefringent crystals
     bit_depth: int = 8
     noise_seed: int | None = None  # per-frame noise (a camera changes it each capture)
+    oversample: int = 1  # draw the optics this many times finer, then average (see render())
 
     def __post_init__(self) -> None:
         if not (64 <= self.width <= 8192 and 64 <= self.height <= 8192):
@@ -136,6 +137,8 @@ class SceneSpec:
             raise ValueError("um_per_px must be > 0")
         if self.drop_class not in DROP_CLASSES:
             raise ValueError(f"drop_class must be one of {DROP_CLASSES}")
+        if not 1 <= self.oversample <= 8:
+            raise ValueError("oversample must be 1..8")
         if self.bit_depth not in (8, 16):
             raise ValueError("bit_depth must be 8 or 16")
         for h in (*self.habits, *(self.crystal_habits or ())):
@@ -480,14 +483,14 @@ def _interference_bgr(retardation_nm: float) -> tuple[float, float, float]:
 
 
 def _draw_crystals(
-    spec: SceneSpec, crystals: list[_Crystal], layer: F32, colour: F32 | None
+    spec: SceneSpec, crystals: list[_Crystal], layer: F32, colour: F32 | None, min_length_px: float
 ) -> list[CrystalTruth]:
     truths: list[CrystalTruth] = []
     for c in crystals:
         # the projected outline lies within 0.71 x length of the centre: place_r keeps it apart
         length_px = min(c.size_um / spec.um_per_px, c.place_r / 0.72)
-        if length_px < 2.0:
-            continue  # a nucleus below two pixels is not visible: not drawn, not in the truth
+        if length_px < min_length_px:
+            continue  # a nucleus below two (final) pixels is not visible: not drawn, no truth
         line_px = max(1, round(length_px / 60))
         hulls: list[F64] = []
         members = sorted(c.members, key=lambda m: float(m.vertices[:, 2].mean()))
@@ -528,7 +531,37 @@ def _draw_crystals(
 
 # -- the renderer ----------------------------------------------------------------------------------
 def render(spec: SceneSpec) -> tuple[npt.NDArray[Any], SceneTruth]:
-    """The image (uint8/uint16, grey ``(H, W)`` or BGR ``(H, W, 3)``) and its exact truth."""
+    """The image (uint8/uint16, grey ``(H, W)`` or BGR ``(H, W, 3)``) and its exact truth.
+
+    With ``spec.oversample`` k > 1 the optical image is drawn k times finer (k W x k H pixels of
+    ``um_per_px / k``, blur ``k blur_px``) and each k x k block is averaged into one pixel, as a
+    sensor with larger pixels integrates light behind the same optics; the sensor noise and the
+    JPEG round trip then act on the final pixels. The truth is in final pixels.
+    """
+    k = spec.oversample
+    if k == 1:
+        optical, truth = _optics(spec, min_length_px=2.0)
+    else:
+        fine = replace(
+            spec,
+            width=spec.width * k,
+            height=spec.height * k,
+            um_per_px=spec.um_per_px / k,
+            blur_px=spec.blur_px * k,
+            oversample=1,
+        )
+        optical, truth = _optics(fine, min_length_px=2.0 * k)
+        optical = np.asarray(
+            cv2.resize(optical, (spec.width, spec.height), interpolation=cv2.INTER_AREA),
+            dtype=np.float32,
+        )
+        truth = _coarser_truth(truth, k, spec.um_per_px)
+    return _sensor(spec, optical), truth
+
+
+def _optics(spec: SceneSpec, min_length_px: float) -> tuple[F32, SceneTruth]:
+    """The light reaching the sensor (1.0 = the lamp's full level; grey, or BGR when ``colour``)
+    and the truth, both in the pixels of ``spec``."""
     w, h = spec.width, spec.height
     short = min(w, h)
     content = _content(spec)
@@ -556,7 +589,7 @@ def render(spec: SceneSpec) -> tuple[npt.NDArray[Any], SceneTruth]:
     avoid = [(c.centre[0], c.centre[1], c.place_r) for c in planned]
     distractors["bubbles"] = _bubbles(_rng(spec.seed, 8), geo, content.bubbles, avoid, trans, short)
     colour = np.ones((h, w, 3), np.float32) if spec.colour else None
-    truths = _draw_crystals(spec, planned, trans, colour)
+    truths = _draw_crystals(spec, planned, trans, colour, min_length_px)
 
     img = light * trans
     if spec.blur_px > 0:
@@ -566,19 +599,6 @@ def render(spec: SceneSpec) -> tuple[npt.NDArray[Any], SceneTruth]:
             colour = np.asarray(cv2.GaussianBlur(colour, (0, 0), spec.blur_px), np.float32)
         white = np.array([0.88, 0.97, 1.0], np.float32)  # a warm lamp, seen in BGR
         img = img[..., None] * white * colour
-    full = 255.0 if spec.bit_depth == 8 else 65535.0
-    img = img * np.float32(full)
-    if spec.noise > 0:
-        nr = _rng(spec.seed, 9, 0 if spec.noise_seed is None else int(spec.noise_seed) + 1)
-        sigma = np.float32(spec.noise * full / 255.0)
-        shot = np.sqrt(np.clip(img / np.float32(full), 0, None)) * np.float32(0.7) + np.float32(0.3)
-        img = img + nr.standard_normal(img.shape, dtype=np.float32) * sigma * shot
-    dtype = np.uint8 if spec.bit_depth == 8 else np.uint16
-    out = np.clip(img + 0.5, 0, full).astype(dtype)
-    if spec.jpeg_quality is not None and spec.bit_depth == 8:
-        ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(spec.jpeg_quality)])
-        if ok:
-            out = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
 
     drop_class: DropClass
     if truths:
@@ -602,13 +622,73 @@ def render(spec: SceneSpec) -> tuple[npt.NDArray[Any], SceneTruth]:
         distractors=distractors,
         other=other,
     )
-    return out, truth
+    return cast(F32, img), truth
+
+
+def _sensor(spec: SceneSpec, optical: F32) -> npt.NDArray[Any]:
+    """Sensor noise (scaled with the square root of the signal), quantisation, JPEG."""
+    full = 255.0 if spec.bit_depth == 8 else 65535.0
+    img = optical * np.float32(full)
+    if spec.noise > 0:
+        nr = _rng(spec.seed, 9, 0 if spec.noise_seed is None else int(spec.noise_seed) + 1)
+        sigma = np.float32(spec.noise * full / 255.0)
+        shot = np.sqrt(np.clip(img / np.float32(full), 0, None)) * np.float32(0.7) + np.float32(0.3)
+        img = img + nr.standard_normal(img.shape, dtype=np.float32) * sigma * shot
+    dtype = np.uint8 if spec.bit_depth == 8 else np.uint16
+    out: npt.NDArray[Any] = np.clip(img + 0.5, 0, full).astype(dtype)
+    if spec.jpeg_quality is not None and spec.bit_depth == 8:
+        ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(spec.jpeg_quality)])
+        if ok:
+            out = np.asarray(cv2.imdecode(data, cv2.IMREAD_UNCHANGED), dtype=dtype)
+    return out
+
+
+def _coarser_truth(truth: SceneTruth, k: int, um_per_px: float) -> SceneTruth:
+    """A truth drawn on a k times finer grid, in the pixels of the final image (pixel centres at
+    integers on both grids: x -> (x + 0.5) / k - 0.5)."""
+
+    def pt(x: float, y: float) -> tuple[float, float]:
+        return ((x + 0.5) / k - 0.5, (y + 0.5) / k - 0.5)
+
+    crystals = []
+    for c in truth.crystals:
+        poly = [pt(x, y) for x, y in c.polygon_px]
+        arr = np.asarray(poly)
+        x0, y0 = (math.floor(v) for v in arr.min(axis=0))
+        x1, y1 = (math.ceil(v) for v in arr.max(axis=0))
+        crystals.append(
+            replace(
+                c,
+                centroid_px=pt(*c.centroid_px),
+                bbox_px=(x0, y0, x1 - x0 + 1, y1 - y0 + 1),
+                area_px=c.area_px / (k * k),
+                polygon_px=poly,
+            )
+        )
+    return replace(
+        truth,
+        crystals=crystals,
+        um_per_px=um_per_px,
+        well_center_px=pt(*truth.well_center_px),
+        well_radius_px=truth.well_radius_px / k,
+        drop_polygon_px=[pt(x, y) for x, y in truth.drop_polygon_px],
+    )
+
+
+_REFERENCE_SHORT = 960  # random_spec draws its optics for a frame this high (1280x960)
 
 
 def random_spec(
     seed: int, *, drop_class: DropClass | None = None, width: int = 1280, height: int = 960
 ) -> SceneSpec:
-    """A varied, realistic spec drawn from ``seed`` (classes cycle with the seed when None)."""
+    """A varied, realistic spec drawn from ``seed`` (classes cycle with the seed when None).
+
+    Every frame size shows the same field of view, as cameras of different resolution behind the
+    same well optics would: the scale and the optical blur are drawn for a frame with a short
+    side of 960 px and converted to this size (um/px times 960 / short side, blur in pixels times
+    short side / 960). Frames with a shorter side than that are oversampled (``oversample``), so
+    their pixels integrate detail finer than themselves. At 1280x960 the spec is as drawn.
+    """
     r = _rng(seed, 0xE7A1)
     cls: DropClass = drop_class if drop_class is not None else DROP_CLASSES[int(seed) % 4]
     habits = tuple(h for h in HABITS if r.uniform() < 0.6) or (HABITS[int(r.integers(0, 4))],)
@@ -628,4 +708,13 @@ def random_spec(
         jpeg_quality=None if r.uniform() < 0.5 else int(r.integers(70, 96)),
         colour=bool(r.uniform() < 0.3),
     )
+    short = min(width, height)
+    if short != _REFERENCE_SHORT:
+        scale = _REFERENCE_SHORT / short  # reference pixels per pixel of this frame
+        spec = replace(
+            spec,
+            um_per_px=spec.um_per_px * scale,
+            blur_px=spec.blur_px / scale,
+            oversample=max(1, min(8, math.ceil(scale - 1e-9))),
+        )
     return spec

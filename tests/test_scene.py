@@ -399,3 +399,50 @@ def test_hil_serve_serves_each_growth_cell_to_the_opencv_driver(tmp_path: Path) 
             proc.kill()
             raise
     assert proc.returncode == 0
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_oversampled_frame_is_the_fine_optics_averaged_with_truth_in_its_pixels() -> None:
+    """``oversample=k`` draws the optics k times finer and averages k x k blocks (a sensor with
+    bigger pixels behind the same optics); the truth is the fine truth in the final pixels."""
+    base = {"seed": 5, "crystal_sizes_um": (100.0, 120.0, 80.0, 150.0), "noise": 0.0,
+            "blur_px": 0.6, "um_per_px": 4.0, "brightness": 0.55,
+            "bit_depth": 16}  # fmt: skip
+    coarse, tc = render(SceneSpec(width=320, height=240, oversample=2, **base))
+    fine_spec = {**base, "um_per_px": 2.0, "blur_px": 1.2}
+    fine, tf = render(SceneSpec(width=640, height=480, **fine_spec))
+    averaged = cv2.resize(fine, (320, 240), interpolation=cv2.INTER_AREA).astype(int)
+    # the same light (dim enough never to saturate: a saturated sub-pixel would clip before
+    # averaging), averaged before, not after quantisation: within the rounding of both
+    assert np.abs(coarse.astype(int) - averaged).max() <= 2  # (of 65535)
+    assert tc.drop_class == tf.drop_class == "crystals"
+    assert tc.um_per_px == 4.0 and len(tc.crystals) == len(tf.crystals) >= 3
+    assert tc.well_radius_px == pytest.approx(tf.well_radius_px / 2)
+    assert tc.well_center_px == pytest.approx([(v + 0.5) / 2 - 0.5 for v in tf.well_center_px])
+    _check_crystal_truth(tc)  # areas, centroids, Feret lengths in µm, boxes: consistent
+    for c, f in zip(tc.crystals, tf.crystals, strict=True):
+        assert c.longest_um == pytest.approx(f.longest_um)  # µm do not depend on the pixels
+        assert c.area_px == pytest.approx(f.area_px / 4)
+        assert c.centroid_px == pytest.approx([(v + 0.5) / 2 - 0.5 for v in f.centroid_px])
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_random_spec_keeps_the_field_of_view_at_every_size() -> None:
+    """The same seed at another frame size is the same scene at another resolution: the scale
+    follows the size, so the well and the crystals keep their size in µm."""
+    ref = random_spec(9, drop_class="crystals")
+    assert (ref.width, ref.height, ref.oversample) == (1280, 960, 1)
+    _, t_ref = render(ref)
+    for w, h, k in ((640, 480, 2), (2560, 1920, 1)):
+        spec = random_spec(9, drop_class="crystals", width=w, height=h)
+        assert spec.oversample == k
+        assert spec.um_per_px * h == pytest.approx(ref.um_per_px * 960)
+        assert spec.blur_px / h == pytest.approx(ref.blur_px / 960)
+        img, truth = render(spec)
+        assert img.shape[:2] == (h, w)
+        assert truth.well_radius_px * spec.um_per_px == pytest.approx(
+            t_ref.well_radius_px * ref.um_per_px
+        )
+        got = sorted(c.longest_um for c in truth.crystals)
+        want = sorted(c.longest_um for c in t_ref.crystals)
+        assert got == pytest.approx(want, rel=0.02)
