@@ -277,12 +277,14 @@ def test_inspect_in_several_threads_at_once() -> None:
 
 @pytest.mark.req("KA-VIS-004")
 def test_sizes_and_overlay(tmp_path: Path) -> None:
-    for w, h in ((640, 480), (2560, 1920)):
+    # (2048x2048: the well ring reaches the frame edges, where the ring search must not read the
+    # area past the frame as the darkest ring)
+    for w, h in ((640, 480), (2048, 2048), (2560, 1920)):
         img, truth, spec = rendered(EVAL, width=w, height=h)
         res = inspect(img, um_per_px=spec.um_per_px)
         assert res.image_size == (w, h)
         assert res.well is not None
-        assert abs(res.well.radius_px / truth.well_radius_px - 1) < 0.05
+        assert abs(res.well.radius_px / truth.well_radius_px - 1) < 0.03
         pic = overlay(img, res)
         assert pic.shape == (h, w, 3) and pic.dtype == np.uint8
         assert not np.array_equal(

@@ -54,6 +54,10 @@ def well_reference(small: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8],
     return smooth, percentile_u8(smooth, 75)
 
 
+def _ones(h: int, w: int) -> npt.NDArray[np.float32]:
+    return np.ones((h, w), np.float32)
+
+
 def find_well(
     smooth: npt.NDArray[np.uint8], ref: float
 ) -> tuple[float, float, float, float] | None:
@@ -104,10 +108,17 @@ def find_well(
     # the ring: darkest mean radius between the inner edge and 1.3x it
     n_r = 96
     max_r = 1.35 * r
-    polar = cv2.warpPolar(
-        smooth, (n_r, 90), (cx, cy), max_r, cv2.WARP_POLAR_LINEAR | cv2.WARP_FILL_OUTLIERS
-    )
-    profile = cv2.reduce(polar, 0, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
+    flags = cv2.WARP_POLAR_LINEAR | cv2.WARP_FILL_OUTLIERS
+    polar = cv2.warpPolar(smooth, (n_r, 90), (cx, cy), max_r, flags)
+    if min(cx, cy) >= max_r and cx + max_r <= w - 1 and cy + max_r <= h - 1:
+        profile = cv2.reduce(polar, 0, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
+    else:
+        # part of the span lies outside the frame (read as 0, darker than any ring): average
+        # each radius over the directions that see the frame only, weighted by how much they do
+        seen = cv2.warpPolar(_ones(h, w), (n_r, 90), (cx, cy), max_r, flags)
+        sums = cv2.reduce(polar, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32F).ravel()
+        weights = cv2.reduce(seen, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32F).ravel()
+        profile = np.where(weights > 4.5, sums / np.maximum(weights, 1e-6), np.inf)
     i0 = int(r / max_r * n_r)
     ring = r
     if i0 < n_r - 2:
