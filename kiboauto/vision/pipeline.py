@@ -226,6 +226,9 @@ def analyse(
             "fine_contrast": fine,
             "line_frac": lines,
             "drop_area_frac": drop_area_c / float(cw * ch),
+            # frame pixels averaged per working pixel (log2: 0 at 640x480, 1 at 1280x960, 2 at
+            # 2560x1920): the sensor noise left in the texture measures depends on it
+            "binning_log2": math.log2(ws),
         }
     )
     drop_class, confidence = classify(features)
