@@ -157,6 +157,13 @@ class SceneSpec:
             raise ValueError("jpeg_quality must be 1..100")
 
 
+def _detail(short: int) -> float:
+    """How many drawn pixels a fine detail sized for a frame with a 960 px short side spans in a
+    larger frame (1.0 up to 960 px: smaller frames keep pixel-sized details, and random_spec
+    oversamples them), so grain, rims and textures keep their size in um at every frame size."""
+    return max(1.0, short / 960.0)
+
+
 def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, *stream])
 
@@ -292,7 +299,7 @@ def _well_and_drop(spec: SceneSpec, geo: _Geometry, r: np.random.Generator) -> t
     dist_out = cv2.distanceTransform(255 - mask, cv2.DIST_L2, 5)
     m = max(3.0, 0.13 * geo.drop_rmin)
     inside = np.interp(dist_in, [0, 0.12 * m, 0.45 * m, m, 1e9], [0.28, 0.5, 0.82, 0.95, 0.96])
-    rim = 1.0 + 0.10 * np.exp(-((dist_out / 1.5) ** 2))
+    rim = 1.0 + 0.10 * np.exp(-((dist_out / (1.5 * _detail(short))) ** 2))
     factor = np.where(mask > 0, inside, rim).astype(np.float32)
     return cast(F32, trans * factor), mask
 
@@ -304,7 +311,7 @@ def _skin(spec: SceneSpec, r: np.random.Generator, mask: Any, layer: F32) -> Non
     warp = _smooth_noise(r, h, w, short / 40)
     wr = np.cos(2 * math.pi * 2.8 * n + 1.5 * warp)
     lines = np.exp(-(1.0 - wr) / 0.12) * (0.6 + 0.4 * np.tanh(_smooth_noise(r, h, w, short / 15)))
-    texture = _smooth_noise(r, h, w, 3.0)
+    texture = _smooth_noise(r, h, w, 3.0 * _detail(short))
     soft = cv2.GaussianBlur((mask > 0).astype(np.float32), (0, 0), max(1.0, short / 150))
     layer *= (1.0 - soft * (0.06 + 0.22 * lines + 0.025 * texture)).astype(np.float32)
 
@@ -319,22 +326,24 @@ def _precipitate(
     short = min(w, h)
     density = _smooth_noise(r, h, w, short / 8)
     area = float((mask > 0).sum())
-    want = int(amount * area / 30)
+    px = _detail(short)
+    want = int(amount * area / (30 * px * px))
     xs = r.uniform(0, w - 1, want * 3)
     ys = r.uniform(0, h - 1, want * 3)
     xi, yi = xs.astype(np.int64), ys.astype(np.int64)
     keep = (mask[yi, xi] > 0) & (r.uniform(0, 1, len(xs)) < 0.5 + 0.3 * density[yi, xi])
     xi, yi = xi[keep][:want], yi[keep][:want]
     grains = np.zeros((h, w), np.float32)
-    np.add.at(grains, (yi, xi), r.uniform(0.6, 1.6, len(xi)).astype(np.float32))
-    grains = cv2.GaussianBlur(grains, (0, 0), 0.7)
+    # a grain spread over px^2 times more pixels keeps its peak darkness
+    np.add.at(grains, (yi, xi), (r.uniform(0.6, 1.6, len(xi)) * (px * px)).astype(np.float32))
+    grains = cv2.GaussianBlur(grains, (0, 0), 0.7 * px)
     layer *= np.exp(-1.8 * grains).astype(np.float32)
     # amorphous clouds: soft brown-grey patches where a slow noise field is high
     cloud = _smooth_noise(r, h, w, short / 12)
     level = np.clip((cloud - (1.3 - 1.1 * amount)) / 0.8, 0, 1) * (mask > 0)
     clouds = 0
     if level.max() > 0:
-        fine = _smooth_noise(r, h, w, 2.5)
+        fine = _smooth_noise(r, h, w, 2.5 * px)
         layer *= (1.0 - level * (0.35 + 0.12 * fine)).astype(np.float32)
         small = cv2.resize((level > 0.3).astype(np.uint8), (max(1, w // 4), max(1, h // 4)))
         clouds = int(cv2.connectedComponents(small)[0]) - 1
@@ -386,7 +395,7 @@ def _cracks(r: np.random.Generator, geo: _Geometry, mask: Any, layer: F32, short
             step = geo.drop_rmin * r.uniform(0.03, 0.09)
             p = p + step * np.array([math.cos(heading), math.sin(heading)])
             pts.append(p.copy())
-        _draw_polyline(layer, np.array(pts), 0.3, 1)
+        _draw_polyline(layer, np.array(pts), 0.3, round(_detail(short)))
     return n
 
 
@@ -415,7 +424,7 @@ def _bubbles(
         inside = dist <= rad
         rim = np.exp(-(((rad - dist) / (0.2 * rad)) ** 2))
         spot = np.exp(-((np.hypot(xx - hx, yy - hy) / (0.16 * rad)) ** 2))
-        halo = np.exp(-(((dist - rad) / 1.2) ** 2))
+        halo = np.exp(-(((dist - rad) / (1.2 * _detail(short))) ** 2))
         f = np.where(inside, 1.04 - 0.85 * rim + 0.45 * spot, 1.0 + 0.15 * halo)
         layer[y0:y1, x0:x1] *= f.astype(np.float32)
         placed += 1

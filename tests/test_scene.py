@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -446,3 +447,19 @@ def test_random_spec_keeps_the_field_of_view_at_every_size() -> None:
         got = sorted(c.longest_um for c in truth.crystals)
         want = sorted(c.longest_um for c in t_ref.crystals)
         assert got == pytest.approx(want, rel=0.02)
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_fine_details_keep_their_size_in_um_on_large_frames() -> None:
+    """Precipitate on a 2560x1920 frame is the 1280x960 precipitate seen finer: as many grains
+    in the drop (not four times as many half-size ones), since grain size and density are set
+    for a 960 px short side and scaled up with the frame."""
+    for seed in (6, 10):
+        ref = random_spec(seed, drop_class="precipitate")
+        big = random_spec(seed, drop_class="precipitate", width=2560, height=1920)
+        quiet = {"noise": 0.0, "jpeg_quality": None}
+        n_r, n_b = (
+            render(replace(spec, **quiet))[1].distractors["precipitate_particles"]
+            for spec in (ref, big)
+        )
+        assert n_r > 100 and abs(n_b / n_r - 1) < 0.05, (seed, n_r, n_b)
