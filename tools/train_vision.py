@@ -16,9 +16,9 @@ MLP whose weights live as plain numbers in ``kiboauto/vision/models.py`` between
 
 Data: generated scenes with exact truth, ``hil/scene.py`` ``random_spec(seed, width=, height=)``,
 TRAINING SEEDS 0..2999 BY DEFAULT (evaluation uses 10_000 and up, see bench/vision_accuracy.py;
-about 11 minutes on 2 cores). The crystal model learns from 1280x960 scenes; for the drop model
-the frame size cycles through ``DROP_SIZES`` in runs of four seeds (``random_spec`` cycles the
-four classes with the seed, so every size gets every class); see the comment there. Each
+about 13 minutes on 2 cores). The frame size cycles through ``CRYSTAL_SIZES`` / ``DROP_SIZES`` in
+runs of four seeds (``random_spec`` cycles the four classes with the seed, so every size gets
+every class); see the comment there. Each
 model is first fitted on the first half of the seeds and checked on the second half (the printed
 training and validation figures), then refitted on all of them; that final fit is what gets
 written.
@@ -54,15 +54,13 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "kiboauto" / "vision" / "models.py"
-# frame sizes: the crystal model's inputs (an object's shape and contrast) keep their meaning at
-# every size (random_spec keeps the field of view), and it was measured better trained at
-# 1280x960 alone (precision at 1280x960 0.954 against 0.932 trained on all four sizes, about the
-# same elsewhere); the drop model's texture and line densities follow the sensor noise per
-# working pixel, which changes with the size, so it learns from all four, half of its scenes at
-# 1280x960 (the common size; with equal shares it scored 0.944 there instead of 0.950, measured
-# on the scenes of f9a41c1)
-CRYSTAL_SIZES = ((1280, 960),)
+# frame sizes, in runs of four seeds (random_spec cycles the classes with the seed), half of the
+# scenes at 1280x960 (the common size). Both models learn from all four: the drop model's texture
+# and line densities follow the sensor noise per working pixel, which changes with the size, and
+# trained at 1280x960 alone the crystal model took grain clusters on 2048x2048 and 2560x1920
+# frames for crystals (precision 0.894 and 0.846 there, against 0.962 and 0.910 now)
 DROP_SIZES = ((1280, 960), (640, 480), (1280, 960), (2048, 2048), (1280, 960), (2560, 1920))
+CRYSTAL_SIZES = DROP_SIZES
 TRAIN_SEEDS = range(0, 3000)  # the default; --seeds may widen it, never to 10_000 and above
 EVAL_FIRST = 10_000  # held-out evaluation seeds start here (bench/vision_accuracy.py)
 CRYSTAL_HIDDEN, CRYSTAL_ITERS, CRYSTAL_POS_WEIGHT = 12, 4000, 3.0
