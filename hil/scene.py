@@ -33,6 +33,19 @@ from .scene_crystals import (
     polygon_area_centroid,
     union_outline,
 )
+from .scene_layers import (
+    Geometry,
+    draw_bubbles,
+    draw_cracks,
+    draw_fibres,
+    draw_oil,
+    draw_precipitate,
+    draw_skin,
+    draw_well_and_drop,
+    illumination_field,
+    plan_geometry,
+    stream,
+)
 
 __all__ = [
     "DROP_CLASSES",
@@ -157,17 +170,6 @@ class SceneSpec:
             raise ValueError("jpeg_quality must be 1..100")
 
 
-def _detail(short: int) -> float:
-    """How many drawn pixels a fine detail sized for a frame with a 960 px short side spans in a
-    larger frame (1.0 up to 960 px: smaller frames keep pixel-sized details, and random_spec
-    oversamples them), so grain, rims and textures keep their size in um at every frame size."""
-    return max(1.0, short / 960.0)
-
-
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *stream])
-
-
 # -- resolving the spec ---------------------------------------------------------------------------
 @dataclass
 class _Content:
@@ -180,7 +182,7 @@ class _Content:
 
 
 def _content(spec: SceneSpec) -> _Content:
-    r = _rng(spec.seed, 11)
+    r = stream(spec.seed, 11)
     draws = r.uniform(0, 1, 8)
     counts = r.integers(0, 1000, 8)
     cls = spec.drop_class
@@ -213,224 +215,6 @@ def _content(spec: SceneSpec) -> _Content:
     )
 
 
-# -- helpers ---------------------------------------------------------------------------------------
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell_px: float) -> F32:
-    """Zero-mean, unit-sigma noise varying over about ``cell_px`` pixels."""
-    gh, gw = max(2, int(h / cell_px) + 3), max(2, int(w / cell_px) + 3)
-    small = rng.standard_normal((gh, gw)).astype(np.float32)
-    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    big -= big.mean()
-    return cast(F32, big / max(float(big.std()), 1e-6))
-
-
-def _draw_polyline(
-    layer: F32, pts: F64, value: float, thickness: int, closed: bool = False
-) -> None:
-    q = np.round(pts * 16).astype(np.int32)
-    cv2.polylines(layer, [q], closed, float(value), thickness, cv2.LINE_AA, shift=4)
-
-
-@dataclass
-class _Geometry:
-    well_c: tuple[float, float]
-    well_r: float
-    drop_c: tuple[float, float]
-    drop_poly: F64
-    drop_rmin: float
-    light_angle: float
-
-
-def _geometry(spec: SceneSpec) -> _Geometry:
-    g = _rng(spec.seed, 1)
-    w, h = spec.width, spec.height
-    short = min(w, h)
-    well_c = (w / 2 + g.uniform(-0.03, 0.03) * short, h / 2 + g.uniform(-0.03, 0.03) * short)
-    well_r = short * g.uniform(0.44, 0.48)
-    r0 = well_r * g.uniform(0.58, 0.72)
-    off, off_a = g.uniform(0, 0.1) * well_r, g.uniform(0, 2 * math.pi)
-    drop_c = (well_c[0] + off * math.cos(off_a), well_c[1] + off * math.sin(off_a))
-    theta = np.linspace(0, 2 * math.pi, 360, endpoint=False)
-    radius = np.full_like(theta, r0)
-    for k in range(2, 10):
-        radius += r0 * g.uniform(0, 0.045) / k**0.8 * np.cos(k * theta + g.uniform(0, 2 * math.pi))
-    radius *= min(1.0, (well_r * 0.93 - off) / float(radius.max()))
-    poly = np.column_stack([drop_c[0] + radius * np.cos(theta), drop_c[1] + radius * np.sin(theta)])
-    angle = g.uniform(0, 2 * math.pi)
-    if spec.light_angle_deg is not None:
-        angle = math.radians(spec.light_angle_deg)
-    return _Geometry(well_c, float(well_r), drop_c, poly, float(radius.min()), angle)
-
-
-# -- layers ------------------------------------------------------------------------------------
-def _illumination(spec: SceneSpec, geo: _Geometry) -> F32:
-    w, h = spec.width, spec.height
-    sw, sh = max(8, w // 8), max(8, h // 8)
-    ys, xs = np.mgrid[0:sh, 0:sw].astype(np.float32)
-    xs = (xs + 0.5) * (w / sw)
-    ys = (ys + 0.5) * (h / sh)
-    span = float(max(w, h))
-    ux, uy = math.cos(geo.light_angle), math.sin(geo.light_angle)
-    s = spec.illumination
-    linear = 1.0 + 0.6 * s * (((xs - w / 2) * ux + (ys - h / 2) * uy) / span)
-    rho = np.hypot(xs - geo.well_c[0], ys - geo.well_c[1]) / (0.7 * span)
-    vignette = 1.0 - 0.9 * s * rho**2
-    small = (spec.brightness * linear * vignette).astype(np.float32)
-    return cast(F32, cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
-
-
-def _well_and_drop(spec: SceneSpec, geo: _Geometry, r: np.random.Generator) -> tuple[F32, Any]:
-    """Transmission of well and drop (1 = clear) and the drop mask (uint8)."""
-    w, h = spec.width, spec.height
-    short = min(w, h)
-    yy, xx = np.ogrid[0:h, 0:w]
-    rr = np.hypot((xx - geo.well_c[0]).astype(np.float32), (yy - geo.well_c[1]).astype(np.float32))
-    wr, ww = geo.well_r, max(2.0, 0.028 * short)
-    knots_x = [0, wr - 2.6 * ww, wr - 2.0 * ww, wr - 1.6 * ww, wr - 0.8 * ww, wr, wr + 0.7 * ww]
-    knots_x += [wr + 1.4 * ww, 1e9]
-    knots_y = [1.0, 1.0, 1.12, 0.92, 0.45, 0.16, 0.30, 0.52, 0.55]
-    trans = np.interp(rr, knots_x, knots_y).astype(np.float32)
-    outside = rr > wr
-    plastic = _smooth_noise(r, h, w, short / 20)
-    trans = np.where(outside, trans * (1.0 + 0.06 * plastic), trans).astype(np.float32)
-
-    mask = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(mask, [np.round(geo.drop_poly * 16).astype(np.int32)], 255, cv2.LINE_8, shift=4)
-    dist_in = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    dist_out = cv2.distanceTransform(255 - mask, cv2.DIST_L2, 5)
-    m = max(3.0, 0.13 * geo.drop_rmin)
-    inside = np.interp(dist_in, [0, 0.12 * m, 0.45 * m, m, 1e9], [0.28, 0.5, 0.82, 0.95, 0.96])
-    rim = 1.0 + 0.10 * np.exp(-((dist_out / (1.5 * _detail(short))) ** 2))
-    factor = np.where(mask > 0, inside, rim).astype(np.float32)
-    return cast(F32, trans * factor), mask
-
-
-def _skin(spec: SceneSpec, r: np.random.Generator, mask: Any, layer: F32) -> None:
-    h, w = mask.shape
-    short = min(w, h)
-    n = _smooth_noise(r, h, w, short / 10)
-    warp = _smooth_noise(r, h, w, short / 40)
-    wr = np.cos(2 * math.pi * 2.8 * n + 1.5 * warp)
-    lines = np.exp(-(1.0 - wr) / 0.12) * (0.6 + 0.4 * np.tanh(_smooth_noise(r, h, w, short / 15)))
-    texture = _smooth_noise(r, h, w, 3.0 * _detail(short))
-    soft = cv2.GaussianBlur((mask > 0).astype(np.float32), (0, 0), max(1.0, short / 150))
-    layer *= (1.0 - soft * (0.06 + 0.22 * lines + 0.025 * texture)).astype(np.float32)
-
-
-def _precipitate(
-    spec: SceneSpec, r: np.random.Generator, mask: Any, geo: _Geometry, amount: float, layer: F32
-) -> tuple[int, int]:
-    """Fine grain and amorphous clouds inside the drop; returns (particles, clouds)."""
-    if amount <= 0:
-        return 0, 0
-    h, w = mask.shape
-    short = min(w, h)
-    density = _smooth_noise(r, h, w, short / 8)
-    area = float((mask > 0).sum())
-    px = _detail(short)
-    want = int(amount * area / (30 * px * px))
-    xs = r.uniform(0, w - 1, want * 3)
-    ys = r.uniform(0, h - 1, want * 3)
-    xi, yi = xs.astype(np.int64), ys.astype(np.int64)
-    keep = (mask[yi, xi] > 0) & (r.uniform(0, 1, len(xs)) < 0.5 + 0.3 * density[yi, xi])
-    xi, yi = xi[keep][:want], yi[keep][:want]
-    grains = np.zeros((h, w), np.float32)
-    # a grain spread over px^2 times more pixels keeps its peak darkness
-    np.add.at(grains, (yi, xi), (r.uniform(0.6, 1.6, len(xi)) * (px * px)).astype(np.float32))
-    grains = cv2.GaussianBlur(grains, (0, 0), 0.7 * px)
-    layer *= np.exp(-1.8 * grains).astype(np.float32)
-    # amorphous clouds: soft brown-grey patches where a slow noise field is high
-    cloud = _smooth_noise(r, h, w, short / 12)
-    level = np.clip((cloud - (1.3 - 1.1 * amount)) / 0.8, 0, 1) * (mask > 0)
-    clouds = 0
-    if level.max() > 0:
-        fine = _smooth_noise(r, h, w, 2.5 * px)
-        layer *= (1.0 - level * (0.35 + 0.12 * fine)).astype(np.float32)
-        small = cv2.resize((level > 0.3).astype(np.uint8), (max(1, w // 4), max(1, h // 4)))
-        clouds = int(cv2.connectedComponents(small)[0]) - 1
-    return len(xi), clouds
-
-
-def _fibres(r: np.random.Generator, geo: _Geometry, count: int, layer: F32, short: int) -> None:
-    for _ in range(count):
-        a = r.uniform(0, 2 * math.pi)
-        d = geo.well_r * math.sqrt(r.uniform(0, 0.8))
-        start = np.array([geo.well_c[0] + d * math.cos(a), geo.well_c[1] + d * math.sin(a)])
-        length = geo.well_r * r.uniform(0.3, 0.9)
-        heading = r.uniform(0, 2 * math.pi)
-        bend = r.uniform(-1.5, 1.5)
-        t = np.linspace(0, 1, 80)[:, None]
-        angle = heading + bend * t + 0.3 * np.sin(6 * t * r.uniform(0.5, 2) + r.uniform(0, 6))
-        steps = np.column_stack([np.cos(angle[:, 0]), np.sin(angle[:, 0])]) * (length / 80)
-        pts = start + np.cumsum(steps, axis=0)
-        thick = 1 if short < 1500 else 2
-        _draw_polyline(layer, pts, r.uniform(0.35, 0.6), thick)
-
-
-def _oil(r: np.random.Generator, geo: _Geometry, layer: F32, short: int) -> int:
-    n = int(r.integers(15, 60))
-    for _ in range(n):
-        rad = max(1.5, short * r.uniform(0.004, 0.035))
-        d = (geo.drop_rmin - rad) * math.sqrt(r.uniform(0, 0.95))
-        a = r.uniform(0, 2 * math.pi)
-        c = np.array([geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)])
-        q = tuple(int(v) for v in np.round(c * 16))
-        cv2.circle(layer, q, int(rad * 16), 1.12, -1, cv2.LINE_AA, shift=4)
-        cv2.circle(layer, q, int(rad * 16), 0.5, max(1, int(rad / 8)), cv2.LINE_AA, shift=4)
-    return n
-
-
-def _cracks(r: np.random.Generator, geo: _Geometry, mask: Any, layer: F32, short: int) -> int:
-    h, w = mask.shape
-    mottle = _smooth_noise(r, h, w, short / 25)
-    layer *= np.where(mask > 0, 0.82 + 0.06 * mottle, 1.0).astype(np.float32)
-    n = int(r.integers(12, 30))
-    for _ in range(n):
-        d = geo.drop_rmin * math.sqrt(r.uniform(0, 0.9))
-        a = r.uniform(0, 2 * math.pi)
-        p = np.array([geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)])
-        heading = r.uniform(0, 2 * math.pi)
-        pts = [p.copy()]
-        for _ in range(int(r.integers(4, 12))):
-            heading += r.uniform(-0.6, 0.6)
-            step = geo.drop_rmin * r.uniform(0.03, 0.09)
-            p = p + step * np.array([math.cos(heading), math.sin(heading)])
-            pts.append(p.copy())
-        _draw_polyline(layer, np.array(pts), 0.3, round(_detail(short)))
-    return n
-
-
-def _bubbles(
-    r: np.random.Generator, geo: _Geometry, count: int, avoid: list[tuple[float, float, float]],
-    layer: F32, short: int,
-) -> int:  # fmt: skip
-    h, w = layer.shape
-    placed = 0
-    for _ in range(count):
-        rad = max(4.0, short * r.uniform(0.02, 0.065))
-        for _try in range(40):
-            d = max(0.0, geo.drop_rmin - rad) * math.sqrt(r.uniform(0, 1))
-            a = r.uniform(0, 2 * math.pi)
-            cx, cy = geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)
-            if all(math.hypot(cx - x, cy - y) > rad + rr + 2 for x, y, rr in avoid):
-                break
-        else:
-            continue
-        avoid.append((cx, cy, rad))
-        x0, x1 = max(0, int(cx - rad - 3)), min(w, int(cx + rad + 4))
-        y0, y1 = max(0, int(cy - rad - 3)), min(h, int(cy + rad + 4))
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        dist = np.hypot(xx - cx, yy - cy)
-        hx, hy = cx - 0.25 * rad, cy - 0.25 * rad
-        inside = dist <= rad
-        rim = np.exp(-(((rad - dist) / (0.2 * rad)) ** 2))
-        spot = np.exp(-((np.hypot(xx - hx, yy - hy) / (0.16 * rad)) ** 2))
-        halo = np.exp(-(((dist - rad) / (1.2 * _detail(short))) ** 2))
-        f = np.where(inside, 1.04 - 0.85 * rim + 0.45 * spot, 1.0 + 0.15 * halo)
-        layer[y0:y1, x0:x1] *= f.astype(np.float32)
-        placed += 1
-    return placed
-
-
 # -- crystals ----------------------------------------------------------------------------------
 @dataclass
 class _Crystal:
@@ -445,14 +229,14 @@ class _Crystal:
     phase: float = 0.0
 
 
-def _plan_crystals(spec: SceneSpec, geo: _Geometry, n: int) -> list[_Crystal]:
+def _plan_crystals(spec: SceneSpec, geo: Geometry, n: int) -> list[_Crystal]:
     """Positions, habits and shapes; fixed by the seed whatever the sizes (so growth is smooth)."""
     habits_given = spec.crystal_habits
     cap_px = 0.9 * geo.drop_rmin  # no crystal longer than this: it must fit in the drop
     out: list[_Crystal] = []
     taken: list[tuple[float, float, float]] = []
     for i in range(n):
-        cr = _rng(spec.seed, 101, i)
+        cr = stream(spec.seed, 101, i)
         habit = str(spec.habits[int(cr.integers(0, len(spec.habits)))])
         if habits_given is not None and i < len(habits_given):
             habit = habits_given[i]
@@ -574,29 +358,31 @@ def _optics(spec: SceneSpec, min_length_px: float) -> tuple[F32, SceneTruth]:
     w, h = spec.width, spec.height
     short = min(w, h)
     content = _content(spec)
-    geo = _geometry(spec)
-    light = _illumination(spec, geo)
-    trans, mask = _well_and_drop(spec, geo, _rng(spec.seed, 2))
+    geo = plan_geometry(spec)
+    light = illumination_field(spec, geo)
+    trans, mask = draw_well_and_drop(spec, geo, stream(spec.seed, 2))
     distractors: dict[str, int] = {
         "bubbles": 0, "fibres": 0, "skin": 0, "precipitate_particles": 0,
         "precipitate_clouds": 0, "oil_droplets": 0, "cracks": 0,
     }  # fmt: skip
     if content.other == "dried":
-        distractors["cracks"] = _cracks(_rng(spec.seed, 3), geo, mask, trans, short)
+        distractors["cracks"] = draw_cracks(stream(spec.seed, 3), geo, mask, trans, short)
     if content.skin:
-        _skin(spec, _rng(spec.seed, 4), mask, trans)
+        draw_skin(spec, stream(spec.seed, 4), mask, trans)
         distractors["skin"] = 1
-    particles, clouds = _precipitate(
-        spec, _rng(spec.seed, 5), mask, geo, content.precipitate, trans
+    particles, clouds = draw_precipitate(
+        spec, stream(spec.seed, 5), mask, geo, content.precipitate, trans
     )
     distractors["precipitate_particles"], distractors["precipitate_clouds"] = particles, clouds
     if content.other == "phase":
-        distractors["oil_droplets"] = _oil(_rng(spec.seed, 6), geo, trans, short)
-    _fibres(_rng(spec.seed, 7), geo, content.fibres, trans, short)
+        distractors["oil_droplets"] = draw_oil(stream(spec.seed, 6), geo, trans, short)
+    draw_fibres(stream(spec.seed, 7), geo, content.fibres, trans, short)
     distractors["fibres"] = content.fibres
     planned = _plan_crystals(spec, geo, content.n_crystals)
     avoid = [(c.centre[0], c.centre[1], c.place_r) for c in planned]
-    distractors["bubbles"] = _bubbles(_rng(spec.seed, 8), geo, content.bubbles, avoid, trans, short)
+    distractors["bubbles"] = draw_bubbles(
+        stream(spec.seed, 8), geo, content.bubbles, avoid, trans, short
+    )
     colour = np.ones((h, w, 3), np.float32) if spec.colour else None
     truths = _draw_crystals(spec, planned, trans, colour, min_length_px)
 
@@ -639,7 +425,7 @@ def _sensor(spec: SceneSpec, optical: F32) -> npt.NDArray[Any]:
     full = 255.0 if spec.bit_depth == 8 else 65535.0
     img = optical * np.float32(full)
     if spec.noise > 0:
-        nr = _rng(spec.seed, 9, 0 if spec.noise_seed is None else int(spec.noise_seed) + 1)
+        nr = stream(spec.seed, 9, 0 if spec.noise_seed is None else int(spec.noise_seed) + 1)
         sigma = np.float32(spec.noise * full / 255.0)
         shot = np.sqrt(np.clip(img / np.float32(full), 0, None)) * np.float32(0.7) + np.float32(0.3)
         img = img + nr.standard_normal(img.shape, dtype=np.float32) * sigma * shot
@@ -698,7 +484,7 @@ def random_spec(
     short side / 960). Frames with a shorter side than that are oversampled (``oversample``), so
     their pixels integrate detail finer than themselves. At 1280x960 the spec is as drawn.
     """
-    r = _rng(seed, 0xE7A1)
+    r = stream(seed, 0xE7A1)
     cls: DropClass = drop_class if drop_class is not None else DROP_CLASSES[int(seed) % 4]
     habits = tuple(h for h in HABITS if r.uniform() < 0.6) or (HABITS[int(r.integers(0, 4))],)
     lo = float(r.uniform(20, 80))
