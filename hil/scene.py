@@ -35,6 +35,7 @@ from .scene_crystals import (
 )
 from .scene_layers import (
     Geometry,
+    detail_scale,
     draw_bubbles,
     draw_cracks,
     draw_fibres,
@@ -284,7 +285,8 @@ def _draw_crystals(
         length_px = min(c.size_um / spec.um_per_px, c.place_r / 0.72)
         if length_px < min_length_px:
             continue  # a nucleus below two (final) pixels is not visible: not drawn, no truth
-        line_px = max(1, round(length_px / 60))
+        # outlines keep their width in um on frames above 960 px (short side), as fine details do
+        line_px = max(1, round(max(length_px / 60, detail_scale(min(spec.width, spec.height)))))
         hulls: list[F64] = []
         members = sorted(c.members, key=lambda m: float(m.vertices[:, 2].mean()))
         for m in members:

@@ -144,7 +144,11 @@ def draw_skin(spec: SceneSpec, r: np.random.Generator, mask: Any, layer: F32) ->
 def draw_precipitate(
     spec: SceneSpec, r: np.random.Generator, mask: Any, geo: Geometry, amount: float, layer: F32
 ) -> tuple[int, int]:
-    """Fine grain and amorphous clouds inside the drop; returns (particles, clouds)."""
+    """Fine grain and amorphous clouds inside the drop; returns (particles, clouds).
+
+    The clouds come from their own stream (``stream(spec.seed, 5, 1)``): how many grains a drop
+    gets depends on its area in pixels, which rounds differently at each frame size, and must not
+    move the clouds of the same scene at another resolution."""
     if amount <= 0:
         return 0, 0
     h, w = mask.shape
@@ -164,6 +168,7 @@ def draw_precipitate(
     grains = cv2.GaussianBlur(grains, (0, 0), 0.7 * px)
     layer *= np.exp(-1.8 * grains).astype(np.float32)
     # amorphous clouds: soft brown-grey patches where a slow noise field is high
+    r = stream(spec.seed, 5, 1)
     cloud = smooth_noise(r, h, w, short / 12)
     level = np.clip((cloud - (1.3 - 1.1 * amount)) / 0.8, 0, 1) * (mask > 0)
     clouds = 0

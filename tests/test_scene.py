@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from kiboauto.clock import RealClock, VirtualClock
@@ -463,3 +464,55 @@ def test_fine_details_keep_their_size_in_um_on_large_frames() -> None:
             for spec in (ref, big)
         )
         assert n_r > 100 and abs(n_b / n_r - 1) < 0.05, (seed, n_r, n_b)
+
+
+def _halved_grey(spec: Any) -> tuple[npt.NDArray[np.float32], Any]:
+    """The noise-free frame of ``spec`` in grey levels, averaged 2x2 when it is 2560x1920."""
+    img, truth = render(replace(spec, noise=0.0, jpeg_quality=None))
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    grey = img.astype(np.float32) / (257.0 if img.dtype == np.uint16 else 1.0)
+    if spec.width == 2560:
+        grey = cv2.resize(grey, (1280, 960), interpolation=cv2.INTER_AREA)
+    return grey, truth
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_precipitate_clouds_stay_in_place_at_every_size() -> None:
+    """The same precipitate scene at 2560x1920, averaged down to 1280x960, is the 1280x960 scene:
+    its clouds lie in the same places (the grain count, which rounds with the frame, draws from
+    another stream). Before the clouds had a stream of their own they moved: mean difference
+    3.5-5 grey levels and 69-74 at the 99.9th percentile, against 0.7 and 11-13 now."""
+    for seed in (6, 10):
+        ref, t_ref = _halved_grey(random_spec(seed, drop_class="precipitate"))
+        big, t_big = _halved_grey(
+            random_spec(seed, drop_class="precipitate", width=2560, height=1920)
+        )
+        clouds = t_ref.distractors["precipitate_clouds"]
+        assert clouds > 0 and t_big.distractors["precipitate_clouds"] == clouds
+        diff = np.abs(cv2.GaussianBlur(ref, (0, 0), 3) - cv2.GaussianBlur(big, (0, 0), 3))
+        assert float(diff.mean()) < 1.5 and float(np.percentile(diff, 99.9)) < 30, seed
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_small_crystal_outlines_keep_their_darkness_on_large_frames() -> None:
+    """A crystal's outline is as wide in um at 2560x1920 as at 1280x960, within the steps of
+    whole-pixel line widths: its darkness over the crystal's box, on the frame averaged down,
+    is 0.9-1.8 times that at 1280x960 (median over the crystals). Drawn one pixel wide at every
+    size, as before, small crystals were 0.54-0.83 times as dark on the large frame."""
+    ratios = []
+    for seed in (3, 7, 11):
+        fixed = {"crystal_sizes_um": (25.0, 35.0, 45.0), "precipitate": 0.0, "colour": False}
+        ref, t_ref = _halved_grey(replace(random_spec(seed, drop_class="crystals"), **fixed))
+        big, _ = _halved_grey(
+            replace(random_spec(seed, drop_class="crystals", width=2560, height=1920), **fixed)
+        )
+        for c in t_ref.crystals:
+            x, y, w, h = c.bbox_px
+            box = (slice(y - 3, y + h + 3), slice(x - 3, x + w + 3))
+            level = float(np.median(ref[y - 13 : y - 3, x : x + w]))
+            dark_ref = float(np.clip(level - ref[box], 0, None).sum())
+            dark_big = float(np.clip(level - big[box], 0, None).sum())
+            ratios.append(dark_big / dark_ref)
+    assert len(ratios) == 9
+    assert 0.9 < float(np.median(ratios)) < 1.8, ratios
