@@ -30,6 +30,7 @@ from .scene_crystals import (
     draw_member,
     feret,
     hull,
+    line_in_um,
     polygon_area_centroid,
     union_outline,
 )
@@ -285,18 +286,25 @@ def _draw_crystals(
         length_px = min(c.size_um / spec.um_per_px, c.place_r / 0.72)
         if length_px < min_length_px:
             continue  # a nucleus below two (final) pixels is not visible: not drawn, no truth
-        # outlines keep their width in um on frames above 960 px (short side), as fine details do
-        line_px = max(1, round(max(length_px / 60, detail_scale(min(spec.width, spec.height)))))
+        # outline and facet edges keep their width x contrast in um on frames above 960 px
+        # (short side), as fine details do
+        scale = detail_scale(min(spec.width, spec.height))
+        ref_px = max(1, round(length_px / scale / 60))
+        line_px, line_gain = line_in_um(ref_px, scale)
+        ridge = line_in_um(max(1, ref_px // 2), scale) if scale != 1.0 else None
         hulls: list[F64] = []
         members = sorted(c.members, key=lambda m: float(m.vertices[:, 2].mean()))
         for m in members:
             v = m.vertices * length_px
             v = v + np.array([c.centre[0], c.centre[1], 0.0])
-            draw_member(layer, v, m.faces, c.body, line_px)
+            draw_member(layer, v, m.faces, c.body, line_px, ridge)
             hulls.append(hull(v[:, :2]))
         outline = hulls[0] if len(hulls) == 1 else union_outline(hulls)
         q = np.round(outline * 16).astype(np.int32)
-        cv2.polylines(layer, [q], True, 0.18 * c.body, line_px, cv2.LINE_AA, shift=4)
+        dark = 0.18 * c.body
+        if line_gain != 1.0:  # a wider line, as much darker in all than the reference line
+            dark = 1.0 - (1.0 - dark) * line_gain
+        cv2.polylines(layer, [q], True, dark, line_px, cv2.LINE_AA, shift=4)
         if colour is not None:
             thickness_um = length_px * spec.um_per_px * (0.15 if c.habit == "plate" else 0.4)
             tint = _interference_bgr(thickness_um * c.birefringence * 1000.0)

@@ -496,10 +496,11 @@ def test_precipitate_clouds_stay_in_place_at_every_size() -> None:
 
 @pytest.mark.req("KA-HIL-008")
 def test_small_crystal_outlines_keep_their_darkness_on_large_frames() -> None:
-    """A crystal's outline is as wide in um at 2560x1920 as at 1280x960, within the steps of
-    whole-pixel line widths: its darkness over the crystal's box, on the frame averaged down,
-    is 0.9-1.8 times that at 1280x960 (median over the crystals). Drawn one pixel wide at every
-    size, as before, small crystals were 0.54-0.83 times as dark on the large frame."""
+    """A crystal's outline and facet edges darken as much of the crystal's area in um at
+    2560x1920 as at 1280x960: over the crystal's box, on the frame averaged down, the darkness
+    is 0.75-1.25 times that at 1280x960 (median over the crystals; 0.9 measured). Drawn one pixel
+    wide at every size, as before, small crystals were 0.54-0.83 times as dark on the large
+    frame (median 0.69); two pixels wide at full contrast, 1.07-1.69 times (median 1.3)."""
     ratios = []
     for seed in (3, 7, 11):
         fixed = {"crystal_sizes_um": (25.0, 35.0, 45.0), "precipitate": 0.0, "colour": False}
@@ -515,4 +516,4 @@ def test_small_crystal_outlines_keep_their_darkness_on_large_frames() -> None:
             dark_big = float(np.clip(level - big[box], 0, None).sum())
             ratios.append(dark_big / dark_ref)
     assert len(ratios) == 9
-    assert 0.9 < float(np.median(ratios)) < 1.8, ratios
+    assert 0.75 < float(np.median(ratios)) < 1.25, ratios
