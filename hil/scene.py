@@ -291,7 +291,7 @@ def _draw_crystals(
         scale = detail_scale(min(spec.width, spec.height))
         ref_px = max(1, round(length_px / scale / 60))
         line_px, line_gain = line_in_um(ref_px, scale)
-        ridge = line_in_um(max(1, ref_px // 2), scale) if scale != 1.0 else None
+        ridge = line_in_um(max(1, ref_px // 2), scale)
         hulls: list[F64] = []
         members = sorted(c.members, key=lambda m: float(m.vertices[:, 2].mean()))
         for m in members:
