@@ -42,8 +42,8 @@ from pymodbus.pdu.register_message import (
 )
 
 from kiboauto.clock import Clock
-from kiboauto.drivers import modbus_tc as m
-from kiboauto.drivers.modbus_tc import from_word, tenths, to_word
+from kiboauto.drivers import modbus_tc_wire as m
+from kiboauto.drivers.modbus_tc_wire import from_word, tenths, to_word
 
 from .base import Simulator
 

@@ -33,7 +33,7 @@ from kiboauto.devices import (
     FramingError,
     ThermalController,
 )
-from kiboauto.drivers import modbus_tc as m
+from kiboauto.drivers import modbus_tc_wire as m
 from kiboauto.drivers.modbus_tc import (
     ModbusExceptionReply,
     ModbusThermalController,
