@@ -222,6 +222,10 @@ def inspect(
         raise _fail("--um-per-px must be > 0")
     if not images and track_dir is None:
         raise _fail("give image files, or --track DIR (see --help)")
+    from kiboauto.vision import warm_up
+
+    with err.status("Preparing the vision routines (compiled on the first run on a machine)"):
+        warm_up()
     failed = False
     if images:
         table = Table(title="kiboauto inspect")

@@ -62,8 +62,9 @@ def inspect_files(
     """Inspect each file in turn; yields one outcome per path, errors included."""
     import cv2
 
-    from kiboauto.vision import ImageError, inspect, load_image, overlay
+    from kiboauto.vision import ImageError, inspect, load_image, overlay, warm_up
 
+    warm_up()  # so the first image's latency is the inspection's, not the compiler's
     for path in paths:
         outcome = InspectOutcome(path)
         try:

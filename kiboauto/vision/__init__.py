@@ -4,13 +4,14 @@
 (crystals / precipitate / clear / other) and measures every crystal; ``track(series)`` follows
 crystals over time; ``confluence(image)`` measures cell coverage of a phase-contrast field;
 ``overlay(image, inspection)`` draws an annotated picture for a person to check. Results are frozen
-dataclasses with ``to_dict()`` for JSON. This package imports only numpy, OpenCV and the standard
-library.
+dataclasses with ``to_dict()`` for JSON. This package imports only numpy, OpenCV, numba (for the
+few per-pixel routines OpenCV has no single call for) and the standard library.
 """
 
 from .cells import confluence, confluence_mask
 from .draw import overlay
 from .io import ImageError, load_image
+from .jit import warm_up
 from .pipeline import inspect
 from .tracking import track
 from .types import (
@@ -40,4 +41,5 @@ __all__ = [
     "load_image",
     "overlay",
     "track",
+    "warm_up",
 ]

@@ -11,21 +11,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = [
-    "Blob",
-    "Unmeasured",
-    "edge_maps",
-    "find_blobs",
-    "fine_contrast",
-    "line_density",
-    "object_map",
-    "straightness",
-    "texture_density",
-]
+__all__ = ["Blob", "Unmeasured", "find_blobs", "straightness"]
 
 Contour = npt.NDArray[np.int32]
 _EPS32 = float(np.finfo(np.float32).eps)
-_K3 = np.ones((3, 3), np.uint8)
 _K5 = np.ones((5, 5), np.uint8)
 
 
@@ -172,66 +161,26 @@ class Unmeasured:
     area: float = 0.0  # total area of all of them, in working pixels
 
 
-def edge_maps(flat: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """(3x3 morphological gradient, 3x3 black-hat) of the flattened drop.
-
-    The gradient (max - min) marks sharp outlines, the black-hat (closing - level) thin dark
-    lines. Both start from the same 3x3 maximum, computed once.
-    """
-    hi = cv2.dilate(flat, _K3)
-    grad = cv2.subtract(hi, cv2.erode(flat, _K3))
-    hat = cv2.subtract(cv2.erode(hi, _K3), flat)
-    return np.asarray(grad, dtype=np.uint8), np.asarray(hat, dtype=np.uint8)
-
-
-def object_map(
-    flat: npt.NDArray[np.uint8],
-    mask: npt.NDArray[np.uint8],
-    contrast: float,
-    edge: float,
-    grad: npt.NDArray[np.uint8],
-) -> npt.NDArray[np.uint8]:
-    """Object map (0/1): pixels clearly brighter or darker than the flattened background (128),
-    or on a sharp edge of the 3x3 gradient ``grad`` (crystal faces can match the background;
-    their outlines still are sharp), inside ``mask``, closed by 3x3.
-
-    An edge of ``edge`` (relative 3x3 gradient) counts only next to (3x3) a bright, dark or
-    twice as sharp pixel: the soft folds of a skin (and the shallow ripples of other films) are
-    only that weak and would otherwise chain crystals to each other and to the drop edge, while a
-    crystal's outline is dark or strongly sharp and keeps its weak fringe.
-    """
-    _, sharp = cv2.threshold(grad, math.floor(128.0 * edge), 1, cv2.THRESH_BINARY)
-    _, strong = cv2.threshold(grad, math.floor(256.0 * edge), 1, cv2.THRESH_BINARY)
-    # brighter than floor(128 (1 + c)) or darker than 128 (1 - c): both are |level - 128| >
-    # floor(128 c) for integer levels
-    dev = cv2.absdiff(flat, 128.0)  # type: ignore[call-overload]  # (a scalar: stubs lack it)
-    _, off = cv2.threshold(dev, math.floor(128.0 * contrast), 1, cv2.THRESH_BINARY)
-    core = cv2.bitwise_or(off, strong)
-    fringe = cv2.bitwise_and(sharp, cv2.dilate(core, _K3))
-    obj = cv2.bitwise_and(cv2.bitwise_or(core, fringe), mask)
-    return np.asarray(cv2.morphologyEx(obj, cv2.MORPH_CLOSE, _K3), dtype=np.uint8)
-
-
 def find_blobs(
+    obj: npt.NDArray[np.uint8],
+    border: npt.NDArray[np.uint8],
     flat: npt.NDArray[np.uint8],
-    mask: npt.NDArray[np.uint8],
-    contrast: float,
-    min_area: float,
     grad: npt.NDArray[np.uint8],
-    fine: npt.NDArray[np.uint8] | None = None,
-    edge: float = 0.15,
+    fine: npt.NDArray[np.uint8] | None,
+    min_area: float,
     detail_area: float = 32.0,
     small_area: float = 0.0,
-) -> tuple[list[Blob], Unmeasured, npt.NDArray[np.uint8]]:
-    """Objects whose flattened contrast exceeds ``contrast`` inside ``mask`` (ROI working pixels).
+) -> tuple[list[Blob], Unmeasured]:
+    """The objects of the object map ``obj`` (0/1, ROI working pixels), measured.
 
-    Returns the blobs (at least ``detail_area`` pixels, not touching the border of ``mask``), the
-    summary of the objects only counted (specks of at least ``min_area``, objects on the border)
-    and the binary object map. Outlines are measured all at once; the costly appearance measures
-    are taken only for blobs that are not ragged (others cannot be crystals).
+    ``border``: the searched area's border (0/1; objects touching it are counted, not measured);
+    ``flat``, ``grad``, ``fine``: the flattened drop, its 3x3 gradient and fine contrast (see
+    :func:`kiboauto.vision.pixel_maps.crystal_maps`). Returns the blobs (at least
+    ``detail_area`` pixels, not touching the border) and the summary of the objects only counted
+    (specks of at least ``min_area``, objects on the border). Outlines are measured all at once;
+    the costly appearance measures are taken only for blobs that are not ragged (others cannot be
+    crystals).
     """
-    obj = object_map(flat, mask, contrast, edge, grad)
-    border = cv2.subtract(mask, cv2.erode(mask, _K3, borderValue=0))
     found, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     # an outline of n points encloses at most ~n^2/(4 pi) pixels: skip specks without measuring
     min_pts = max(4, int(math.sqrt(4.0 * math.pi * min_area)))
@@ -240,7 +189,7 @@ def find_blobs(
     other_area = 0.0
     blobs: list[Blob] = []
     if not cand:
-        return blobs, Unmeasured(), obj
+        return blobs, Unmeasured()
     # outline measures of all candidates at once (the same numbers OpenCV's per-contour calls give)
     ol = _Outlines(cand, moments=True)
     perims = ol.perimeters().tolist()
@@ -265,7 +214,7 @@ def find_blobs(
             keep.append((i, area, (xs0[i], ys0[i], ws_[i], hs_[i]), perim0))
     unmeasured = Unmeasured(n_speck, n_thin, n_edge, n_edge_small, other_area)
     if not keep:
-        return blobs, unmeasured, obj
+        return blobs, unmeasured
     shapes = [cand[t[0]] for t in keep]
     cx_, cy_, m00_ = ol.centroids([t[0] for t in keep])
     # Feret diameters of all hulls at once: calipers in 32 directions (error below 0.5 %).
@@ -313,7 +262,7 @@ def find_blobs(
                 measured=ok,
             )
         )
-    return blobs, unmeasured, obj
+    return blobs, unmeasured
 
 
 def _appearance(
@@ -349,44 +298,3 @@ def _appearance(
         edge.append(cv2.mean(grad[rows, cols], rim)[0] / 128.0)
         gran.append(0.0 if fine is None else cv2.mean(fine[rows, cols], inner)[0] / 128.0)
     return pol, edge, gran, spread, depth
-
-
-def fine_contrast(flat: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """|flat - its 5x5 local mean|: fine granular contrast."""
-    return np.asarray(cv2.absdiff(flat, cv2.blur(flat, (5, 5))), dtype=np.uint8)
-
-
-def texture_density(
-    diff: npt.NDArray[np.uint8], use: npt.NDArray[np.uint8], n: int | None = None
-) -> tuple[float, float]:
-    """(fraction of the pixels in ``use`` (0/1) with fine granular contrast, their mean fine
-    contrast / 128). ``n``: the number of pixels in ``use``, when known.
-
-    Fine contrast is the difference to a 5x5 local mean; precipitate makes a lot of it, a clear
-    drop only sensor noise.
-    """
-    if n is None:
-        n = cv2.countNonZero(use)
-    if n == 0:
-        return 0.0, 0.0
-    masked = cv2.multiply(diff, use)  # 0 outside (much cheaper than OpenCV's masked mean)
-    _, grainy = cv2.threshold(masked, 14, 1, cv2.THRESH_BINARY)
-    return float(cv2.countNonZero(grainy)) / n, float(cv2.sumElems(masked)[0]) / n / 128.0
-
-
-def line_density(
-    hat: npt.NDArray[np.uint8], use: npt.NDArray[np.uint8], n: int | None = None
-) -> float:
-    """Fraction of the pixels in ``use`` (0/1) on a thin dark line: 3x3 black-hat ``hat`` of the
-    flattened drop (see :func:`edge_maps`) >= 6 grey levels (~5 % of the background).
-
-    Fibres (and skin folds, cracks) are one or two pixels wide and often too faint for the object
-    map; a clear drop has only sensor noise there, a fibre tangle a few per mille of its pixels.
-    ``n``: the number of pixels in ``use``, when known.
-    """
-    if n is None:
-        n = cv2.countNonZero(use)
-    if n == 0:
-        return 0.0
-    _, line = cv2.threshold(hat, 5, 1, cv2.THRESH_BINARY)  # hat >= 6
-    return float(cv2.countNonZero(cv2.bitwise_and(line, use))) / n

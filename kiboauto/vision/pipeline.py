@@ -9,26 +9,18 @@ import numpy as np
 import numpy.typing as npt
 
 from .classify import classify
-from .crystals import (
-    Blob,
-    edge_maps,
-    find_blobs,
-    fine_contrast,
-    line_density,
-    straightness,
-    texture_density,
-)
+from .crystals import Blob, find_blobs, straightness
 from .drop import find_drop
 from .illumination import background_grid, fit_background, flatten
 from .io import check_image
 from .models import CRYSTAL_MLP, mlp_positive
+from .pixel_maps import crystal_maps
 from .prep import build_pyramid, double, halve
 from .types import CrystalMeasure, DropInfo, Inspection, InspectParams, WellInfo
 from .well import find_well, well_reference
 
 __all__ = ["inspect"]
 
-_K5 = np.ones((5, 5), np.uint8)
 _DEFAULTS = InspectParams()
 # the drop mask found on the small copy takes in the (3x3 widened) meniscus line, which is about
 # 2 coarse pixels wider there than a line found on the coarse copy: the edge band grows by that
@@ -138,23 +130,21 @@ def analyse(
         )
 
     min_area_w = p.min_crystal_px / (ws * ws)
-    diff = fine_contrast(flat)
-    grad, hat = edge_maps(flat)
-    blobs, counted, obj = find_blobs(
+    maps = crystal_maps(flat, inner_w, p.crystal_contrast, p.edge_contrast)
+    blobs, counted = find_blobs(
+        maps.objects,
+        maps.border,
         flat,
-        inner_w,
-        p.crystal_contrast,
+        maps.gradient,
+        maps.fine,
         min_area_w,
-        grad,
-        diff,
-        p.edge_contrast,
         small_area=4 * min_area_w,
     )
-    near_obj = np.asarray(cv2.dilate(obj, _K5), dtype=np.uint8)
-    away = np.asarray(cv2.subtract(inner_w, near_obj), dtype=np.uint8)  # drop, off objects (0/1)
-    n_away = cv2.countNonZero(away)
-    tex, fine = texture_density(diff, away, n_away)
-    lines = line_density(hat, away, n_away)
+    # texture and thin lines are measured on the drop away from objects
+    n_away = maps.n_away
+    tex = maps.n_away_grainy / n_away if n_away else 0.0
+    fine = maps.sum_away_fine / n_away / 128.0 if n_away else 0.0
+    lines = maps.n_away_lines / n_away if n_away else 0.0
 
     crystals: list[CrystalMeasure] = []
     best_score = 0.0
@@ -204,9 +194,8 @@ def analyse(
                 straightness=straightness(b.contour, 2.0 * math.sqrt(b.area / math.pi)),
             )
         )
-    inner_n = max(float(cv2.countNonZero(inner_w)), 1.0)
-    _, below = cv2.threshold(flat, 127, 1, cv2.THRESH_BINARY_INV)  # flat < 128
-    dark = float(cv2.countNonZero(cv2.bitwise_and(obj, below)))
+    inner_n = max(float(maps.n_mask), 1.0)
+    dark = float(maps.n_dark_objects)
     features.update(
         {
             "n_crystals": float(len(crystals)),
@@ -220,7 +209,7 @@ def analyse(
             "crystal_granularity": max(gran, default=0.0),
             "crystal_area_frac": sum(b_.area_px for b_ in crystals) / (drop_area_w * ws * ws),
             "rejected_area_frac": rejected_area / drop_area_w,
-            "object_frac": float(cv2.countNonZero(obj)) / inner_n,
+            "object_frac": float(maps.n_objects) / inner_n,
             "dark_frac": dark / inner_n,
             "texture": tex,
             "fine_contrast": fine,

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from .halving import halve_bgr, halves_bgr
+
 __all__ = ["Grey", "Pyramid", "build_pyramid", "double", "halve", "percentile_u8", "to_grey"]
 
 Grey = npt.NDArray[np.uint8]
@@ -30,6 +32,10 @@ def halve(
     """Half size by 2x2 averaging (OpenCV's fast path for INTER_AREA at exactly 1/2), into
     ``out`` when given (its shape and type must fit)."""
     h, w = img.shape[:2]
+    if halves_bgr(img):  # 8-bit colour: the compiled routine (same result, about half the time)
+        return halve_bgr(
+            np.asarray(img, dtype=np.uint8), None if out is None else np.asarray(out, np.uint8)
+        )
     src: Any = img  # any pixel type OpenCV resizes (uint8, uint16, float)
     if out is None:
         return np.asarray(cv2.resize(src, (w // 2, h // 2), interpolation=cv2.INTER_AREA))

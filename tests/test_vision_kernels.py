@@ -1,0 +1,179 @@
+"""The vision core's compiled routines give the same bytes as the OpenCV formulation they replace.
+
+``opencv_maps`` below is how the crystal stage made its maps before they were compiled (about 25
+OpenCV calls): it is the specification of ``kiboauto.vision.pixel_maps.crystal_maps``. The
+compiled routines are compared with it, and the colour halving with ``cv2.resize``, on rendered
+drops and on random images of every small size (where border rules bite).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from kiboauto.hil import scene as S
+from kiboauto.vision import inspect, pipeline
+from kiboauto.vision.halving import halve_bgr, halves_bgr
+from kiboauto.vision.pixel_maps import CrystalMaps, crystal_maps
+from kiboauto.vision.prep import halve
+
+K3 = np.ones((3, 3), np.uint8)
+K5 = np.ones((5, 5), np.uint8)
+U8 = np.ndarray[Any, np.dtype[np.uint8]]
+
+
+def opencv_maps(flat: U8, mask: U8, contrast: float, edge: float) -> CrystalMaps:
+    """The crystal stage's maps and counts made with OpenCV, one operation per call."""
+    # 3x3 gradient (max - min) and black-hat (closing - level); fine contrast |level - 5x5 mean|
+    hi = cv2.dilate(flat, K3)
+    grad = cv2.subtract(hi, cv2.erode(flat, K3))
+    hat = cv2.subtract(cv2.erode(hi, K3), flat)
+    fine = cv2.absdiff(flat, cv2.blur(flat, (5, 5)))
+    # objects: off the background by the contrast, or strongly sharp; weakly sharp next to those
+    _, weak = cv2.threshold(grad, math.floor(128.0 * edge), 1, cv2.THRESH_BINARY)
+    _, strong = cv2.threshold(grad, math.floor(256.0 * edge), 1, cv2.THRESH_BINARY)
+    dev = np.abs(flat.astype(np.int16) - 128).astype(np.uint8)
+    _, off = cv2.threshold(dev, math.floor(128.0 * contrast), 1, cv2.THRESH_BINARY)
+    core = cv2.bitwise_or(off, strong)
+    fringe = cv2.bitwise_and(weak, cv2.dilate(core, K3))
+    obj = cv2.bitwise_and(cv2.bitwise_or(core, fringe), mask)
+    obj = cv2.morphologyEx(obj, cv2.MORPH_CLOSE, K3)
+    border = cv2.subtract(mask, cv2.erode(mask, K3, borderValue=0))
+    # the drop away from objects, and what lies there
+    away = cv2.subtract(mask, cv2.dilate(obj, K5))
+    masked = cv2.multiply(fine, away)
+    _, grainy = cv2.threshold(masked, 14, 1, cv2.THRESH_BINARY)
+    _, line = cv2.threshold(hat, 5, 1, cv2.THRESH_BINARY)
+    _, below = cv2.threshold(flat, 127, 1, cv2.THRESH_BINARY_INV)
+    return CrystalMaps(
+        objects=obj,
+        border=border,
+        gradient=grad,
+        fine=fine,
+        n_mask=cv2.countNonZero(mask),
+        n_objects=cv2.countNonZero(obj),
+        n_dark_objects=cv2.countNonZero(cv2.bitwise_and(obj, below)),
+        n_away=cv2.countNonZero(away),
+        n_away_grainy=cv2.countNonZero(grainy),
+        sum_away_fine=int(cv2.sumElems(masked)[0]),
+        n_away_lines=cv2.countNonZero(cv2.bitwise_and(line, away)),
+    )
+
+
+def assert_same(got: CrystalMaps, want: CrystalMaps) -> None:
+    for name in ("objects", "border", "gradient", "fine"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == np.uint8 and a.shape == b.shape, name
+        diff = np.argwhere(a != b)
+        assert diff.size == 0, f"{name} differs at {len(diff)} pixels, first at {diff[0]}"
+    counts = [f for f in CrystalMaps.__dataclass_fields__ if f.startswith(("n_", "sum_"))]
+    assert {f: getattr(got, f) for f in counts} == {f: getattr(want, f) for f in counts}
+
+
+def drop_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[U8, U8, float, float]]:
+    """The (flattened drop, inner mask, contrast, edge) the pipeline hands to crystal_maps on
+    rendered drops of every class, grey and colour, at three frame sizes."""
+    seen: list[tuple[U8, U8, float, float]] = []
+
+    def recording(flat: U8, mask: U8, contrast: float, edge: float) -> CrystalMaps:
+        seen.append((flat.copy(), mask.copy(), contrast, edge))
+        return crystal_maps(flat, mask, contrast, edge)
+
+    monkeypatch.setattr(pipeline, "crystal_maps", recording)
+    for k, size in enumerate([(640, 480)] * 4 + [(1280, 960)] * 4 + [(2048, 2048)] * 2):
+        drop_class = ("crystals", "precipitate", "clear", "other")[k % 4]
+        spec = S.random_spec(40_000 + k, drop_class=drop_class, width=size[0], height=size[1])
+        image, truth = S.render(spec)
+        inspect(image, um_per_px=truth.um_per_px)
+    return seen
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_crystal_maps_match_opencv_on_rendered_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = drop_inputs(monkeypatch)
+    assert len(inputs) == 10
+    for flat, mask, contrast, edge in inputs:
+        want = opencv_maps(flat, mask, contrast, edge)
+        assert want.n_objects > 0 and want.n_away > 0  # real drops, not empty maps
+        assert_same(crystal_maps(flat, mask, contrast, edge), want)
+
+
+@pytest.mark.req("KA-VIS-001")
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    shape=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    contrast=st.floats(0.0, 1.1),
+    edge=st.floats(0.0, 1.1),
+)
+def test_crystal_maps_match_opencv_at_every_small_size(
+    data: st.DataObject, shape: tuple[int, int], contrast: float, edge: float
+) -> None:
+    flat = data.draw(hnp.arrays(np.uint8, shape))
+    mask = data.draw(hnp.arrays(np.uint8, shape, elements=st.integers(0, 1)))
+    assert_same(crystal_maps(flat, mask, contrast, edge), opencv_maps(flat, mask, contrast, edge))
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_fine_contrast_rounds_like_cv2_blur_for_every_sum() -> None:
+    """Every 5x5 sum (0..6375): the compiled mean rounds as cv2.blur's does."""
+    mask = np.ones((5, 5), np.uint8)
+    for total in range(25 * 255 + 1):
+        level, extra = divmod(total, 25)
+        window = np.full((5, 5), level, np.uint8)
+        window.flat[:extra] += 1
+        want = int(cv2.absdiff(window, cv2.blur(window, (5, 5)))[2, 2])
+        assert int(crystal_maps(window, mask, 0.1, 0.1).fine[2, 2]) == want, total
+
+
+def test_crystal_maps_reject_mismatched_inputs() -> None:
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        crystal_maps(np.zeros((4, 5), np.uint8), np.zeros((5, 4), np.uint8), 0.1, 0.1)
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        crystal_maps(np.zeros((0, 5), np.uint8), np.zeros((0, 5), np.uint8), 0.1, 0.1)
+
+
+@pytest.mark.req("KA-VIS-001")
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+)
+def test_colour_halving_matches_cv2_area_resize(
+    data: st.DataObject, shape: tuple[int, int]
+) -> None:
+    h, w = 2 * shape[0], 2 * shape[1]
+    image = data.draw(hnp.arrays(np.uint8, (h, w, 3)))
+    want = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(halve_bgr(image), want)
+    out = np.full((h // 2, w // 2, 3), 7, np.uint8)
+    assert halve_bgr(image, out) is out and np.array_equal(out, want)
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_halve_takes_the_compiled_route_only_where_it_is_exact() -> None:
+    spec = S.random_spec(40_100, drop_class="crystals", width=1280, height=960)
+    grey, _ = S.render(spec)
+    colour = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR) if grey.ndim == 2 else grey
+    colour = np.ascontiguousarray(colour)
+    colour[::7, ::5, 0] = 255  # channels differ, so a channel mix-up shows
+    odd = np.ascontiguousarray(colour[:-1, :-1])
+    bgra = cv2.cvtColor(colour, cv2.COLOR_BGR2BGRA)
+    assert halves_bgr(colour)
+    assert not halves_bgr(odd) and not halves_bgr(bgra) and not halves_bgr(colour[:, ::2])
+    assert not halves_bgr(colour.astype(np.uint16))
+    for image in (colour, odd, bgra, colour.astype(np.uint16)):
+        h, w = image.shape[:2]
+        want = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(halve(image), want)
+    with pytest.raises(ValueError, match="even-sided"):
+        halve_bgr(odd)
+    with pytest.raises(ValueError, match="out must be"):
+        halve_bgr(colour, np.empty((10, 10, 3), np.uint8))
