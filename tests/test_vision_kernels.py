@@ -1,9 +1,11 @@
 """The vision core's compiled routines give the same bytes as the OpenCV formulation they replace.
 
-``opencv_maps`` below is how the crystal stage made its maps before they were compiled (about 25
-OpenCV calls): it is the specification of ``kiboauto.vision.pixel_maps.crystal_maps``. The
-compiled routines are compared with it, and the colour halving with ``cv2.resize``, on rendered
-drops and on random images of every small size (where border rules bite).
+``opencv_maps`` and ``opencv_appearance`` below are how the crystal stage made its maps and
+measured its candidates before these were compiled (about 25 OpenCV calls per frame, and seven
+per candidate): they are the specification of ``kiboauto.vision.pixel_maps.crystal_maps`` and
+``kiboauto.vision.appearance.appearance``. The compiled routines are compared with them, and the
+colour halving with ``cv2.resize``, on rendered drops and on random images of every small size
+(where border rules bite).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from kiboauto.hil import scene as S
-from kiboauto.vision import inspect, pipeline
+from kiboauto.vision import crystals, inspect, pipeline
+from kiboauto.vision.appearance import appearance
 from kiboauto.vision.halving import halve_bgr, halves_bgr
 from kiboauto.vision.pixel_maps import CrystalMaps, crystal_maps
 from kiboauto.vision.prep import halve
@@ -67,6 +70,33 @@ def opencv_maps(flat: U8, mask: U8, contrast: float, edge: float) -> CrystalMaps
     )
 
 
+Shape = tuple[np.ndarray[Any, np.dtype[np.int32]], tuple[int, int, int, int]]
+
+
+def opencv_appearance(
+    shapes: list[Shape], flat: U8, grad: U8, fine: U8 | None
+) -> tuple[list[float], ...]:
+    """Per outline, in its own box (grown by 2 px where the image allows): the filled outline,
+    its 5x5 erosion and rim, then OpenCV's masked statistics over them, all / 128."""
+    pol, edge, gran, spread, depth = [], [], [], [], []
+    height, width = flat.shape
+    for c, (x, y, w, h) in shapes:
+        g = 2 if min(x, y) >= 2 and x + w + 2 <= width and y + h + 2 <= height else 0
+        sub = np.zeros((h + 2 * g, w + 2 * g), np.uint8)
+        cv2.drawContours(sub, [c], -1, 1, -1, offset=(g - x, g - y))
+        inner = cv2.erode(sub, K5) if g else cv2.erode(sub, K5, borderValue=0)
+        rim = cv2.subtract(sub, inner)
+        rows, cols = slice(y - g, y + h + g), slice(x - g, x + w + g)
+        box = flat[rows, cols]
+        mean, std = cv2.meanStdDev(box, mask=sub)
+        pol.append((float(mean[0, 0]) - 128.0) / 128.0)
+        spread.append(float(std[0, 0]) / 128.0)
+        depth.append((128.0 - cv2.minMaxLoc(box, sub)[0]) / 128.0)
+        edge.append(cv2.mean(grad[rows, cols], rim)[0] / 128.0)
+        gran.append(0.0 if fine is None else cv2.mean(fine[rows, cols], inner)[0] / 128.0)
+    return pol, edge, gran, spread, depth
+
+
 def assert_same(got: CrystalMaps, want: CrystalMaps) -> None:
     for name in ("objects", "border", "gradient", "fine"):
         a, b = getattr(got, name), getattr(want, name)
@@ -77,32 +107,75 @@ def assert_same(got: CrystalMaps, want: CrystalMaps) -> None:
     assert {f: getattr(got, f) for f in counts} == {f: getattr(want, f) for f in counts}
 
 
-def drop_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[U8, U8, float, float]]:
-    """The (flattened drop, inner mask, contrast, edge) the pipeline hands to crystal_maps on
-    rendered drops of every class, grey and colour, at three frame sizes."""
+Measured = tuple[list[Shape], U8, U8, U8 | None]
+
+
+def drop_inputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[tuple[U8, U8, float, float]], list[Measured]]:
+    """What the pipeline hands to crystal_maps (flattened drop, inner mask, contrast, edge) and to
+    appearance (outlines, flattened drop, gradient, fine contrast) on rendered drops of every
+    class, grey and colour, at three frame sizes."""
     seen: list[tuple[U8, U8, float, float]] = []
+    measured: list[Measured] = []
 
     def recording(flat: U8, mask: U8, contrast: float, edge: float) -> CrystalMaps:
         seen.append((flat.copy(), mask.copy(), contrast, edge))
         return crystal_maps(flat, mask, contrast, edge)
 
+    def recording_appearance(
+        shapes: list[Shape], flat: U8, grad: U8, fine: U8 | None
+    ) -> tuple[list[float], ...]:
+        measured.append((shapes, flat.copy(), grad.copy(), None if fine is None else fine.copy()))
+        return appearance(shapes, flat, grad, fine)
+
     monkeypatch.setattr(pipeline, "crystal_maps", recording)
+    monkeypatch.setattr(crystals, "appearance", recording_appearance)
     for k, size in enumerate([(640, 480)] * 4 + [(1280, 960)] * 4 + [(2048, 2048)] * 2):
         drop_class = ("crystals", "precipitate", "clear", "other")[k % 4]
         spec = S.random_spec(40_000 + k, drop_class=drop_class, width=size[0], height=size[1])
         image, truth = S.render(spec)
         inspect(image, um_per_px=truth.um_per_px)
-    return seen
+    return seen, measured
 
 
 @pytest.mark.req("KA-VIS-001")
 def test_crystal_maps_match_opencv_on_rendered_drops(monkeypatch: pytest.MonkeyPatch) -> None:
-    inputs = drop_inputs(monkeypatch)
+    inputs, _ = drop_inputs(monkeypatch)
     assert len(inputs) == 10
     for flat, mask, contrast, edge in inputs:
         want = opencv_maps(flat, mask, contrast, edge)
         assert want.n_objects > 0 and want.n_away > 0  # real drops, not empty maps
         assert_same(crystal_maps(flat, mask, contrast, edge), want)
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_appearance_matches_opencv_on_rendered_candidates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, calls = drop_inputs(monkeypatch)
+    n_shapes = sum(len(shapes) for shapes, *_ in calls)
+    assert n_shapes >= 20  # real candidates: crystals, clouds, skin pieces
+    for shapes, flat, grad, fine in calls:
+        # the same floats, not just close ones: the features feed trained models
+        assert appearance(shapes, flat, grad, fine) == opencv_appearance(shapes, flat, grad, fine)
+        assert appearance(shapes, flat, grad, None) == opencv_appearance(shapes, flat, grad, None)
+
+
+@pytest.mark.req("KA-VIS-001")
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(1, 24), st.integers(1, 24)))
+def test_appearance_matches_opencv_on_random_objects(
+    data: st.DataObject, shape: tuple[int, int]
+) -> None:
+    """Random object maps (so outlines of every form, at the image's edges too) and levels."""
+    objects = data.draw(hnp.arrays(np.uint8, shape, elements=st.integers(0, 1)))
+    flat = data.draw(hnp.arrays(np.uint8, shape))
+    grad = data.draw(hnp.arrays(np.uint8, shape))
+    fine = data.draw(hnp.arrays(np.uint8, shape))
+    found, _ = cv2.findContours(objects, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    shapes = [(c, cv2.boundingRect(c)) for c in found]
+    assert appearance(shapes, flat, grad, fine) == opencv_appearance(shapes, flat, grad, fine)
 
 
 @pytest.mark.req("KA-VIS-001")

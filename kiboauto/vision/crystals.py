@@ -11,11 +11,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from .appearance import appearance
+
 __all__ = ["Blob", "Unmeasured", "find_blobs", "straightness"]
 
 Contour = npt.NDArray[np.int32]
 _EPS32 = float(np.finfo(np.float32).eps)
-_K5 = np.ones((5, 5), np.uint8)
 
 
 @dataclass(slots=True)
@@ -228,7 +229,7 @@ def find_blobs(
     lengths = np.maximum(extent.max(axis=1) - 1.5, 1.0).tolist()
     widths = np.maximum(extent.min(axis=1) - 1.5, 1.0).tolist()
     solids = [area / max(hull_areas[k], 1.0) for k, (_i, area, _b, _p) in enumerate(keep)]
-    pol_, edge_, gran_, spread_, depth_ = _appearance(
+    pol_, edge_, gran_, spread_, depth_ = appearance(
         [(shapes[k], keep[k][2]) for k, sol in enumerate(solids) if sol >= 0.5], flat, grad, fine
     )
     j = 0
@@ -263,38 +264,3 @@ def find_blobs(
             )
         )
     return blobs, unmeasured
-
-
-def _appearance(
-    shapes: list[tuple[npt.NDArray[np.int32], tuple[int, int, int, int]]],
-    flat: npt.NDArray[np.uint8],
-    grad: npt.NDArray[np.uint8],
-    fine: npt.NDArray[np.uint8] | None,
-) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
-    """Per outline (with its bounding box; filled, in its own box): polarity (mean level - 128),
-    spread (standard deviation of the level) and depth (128 - darkest level) over it, edge
-    strength (mean 3x3 gradient) on its rim and granularity (mean fine contrast) inside the rim
-    (5x5 erosion), all / 128."""
-    pol: list[float] = []
-    edge: list[float] = []
-    gran: list[float] = []
-    spread: list[float] = []
-    depth: list[float] = []
-    height, width = flat.shape
-    for c, (x, y, w, h) in shapes:
-        # the filled outline in its box grown by 2 px all round where the image allows (blobs
-        # usually lie that far inside), so the 5x5 erosion needs no border rule (cheaper)
-        g = 2 if min(x, y) >= 2 and x + w + 2 <= width and y + h + 2 <= height else 0
-        sub = np.zeros((h + 2 * g, w + 2 * g), np.uint8)
-        cv2.drawContours(sub, [c], -1, 1, -1, offset=(g - x, g - y))
-        inner = cv2.erode(sub, _K5) if g else cv2.erode(sub, _K5, borderValue=0)
-        rim = cv2.subtract(sub, inner)
-        rows, cols = slice(y - g, y + h + g), slice(x - g, x + w + g)
-        box = flat[rows, cols]
-        mean, std = cv2.meanStdDev(box, mask=sub)
-        pol.append((float(mean[0, 0]) - 128.0) / 128.0)
-        spread.append(float(std[0, 0]) / 128.0)
-        depth.append((128.0 - cv2.minMaxLoc(box, sub)[0]) / 128.0)
-        edge.append(cv2.mean(grad[rows, cols], rim)[0] / 128.0)
-        gran.append(0.0 if fine is None else cv2.mean(fine[rows, cols], inner)[0] / 128.0)
-    return pol, edge, gran, spread, depth

@@ -27,8 +27,11 @@ def warm_up() -> None:
     vision core's compiled routines now, so that no inspection is slowed, or timed, with it."""
     import numpy as np
 
+    from .appearance import appearance
     from .halving import halve_bgr
     from .pixel_maps import crystal_maps
 
-    crystal_maps(np.zeros((3, 3), np.uint8), np.ones((3, 3), np.uint8), 0.1, 0.1)
+    square = np.zeros((3, 3), np.uint8)
+    crystal_maps(square, np.ones((3, 3), np.uint8), 0.1, 0.1)
     halve_bgr(np.zeros((2, 2, 3), np.uint8))
+    appearance([(np.asarray([[[1, 1]]], np.int32), (1, 1, 1, 1))], square, square, square)
