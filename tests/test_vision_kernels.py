@@ -250,3 +250,79 @@ def test_halve_takes_the_compiled_route_only_where_it_is_exact() -> None:
         halve_bgr(odd)
     with pytest.raises(ValueError, match="out must be"):
         halve_bgr(colour, np.empty((10, 10, 3), np.uint8))
+
+
+@pytest.mark.req("KA-VIS-001")
+@settings(max_examples=100, deadline=None)
+@given(
+    cx=st.floats(-50, 250),
+    cy=st.floats(-50, 250),
+    r=st.floats(5, 300),
+    n=st.integers(3, 400),
+    seed=st.integers(0, 2**31),
+)
+def test_circle_fit_solves_the_kasa_least_squares(
+    cx: float, cy: float, r: float, n: int, seed: int
+) -> None:
+    """fit_circle (compiled) against numpy's least squares on the same linear system."""
+    from kiboauto.vision.well import fit_circle
+
+    rng = np.random.default_rng(seed)
+    ang = rng.uniform(0, 2 * np.pi, n)
+    xs = cx + r * np.cos(ang) + rng.normal(0, 0.02 * r, n)
+    ys = cy + r * np.sin(ang) + rng.normal(0, 0.02 * r, n)
+    a = np.stack([xs, ys, np.ones(n)], axis=1)
+    (ax, ay, c), *_ = np.linalg.lstsq(a, xs * xs + ys * ys, rcond=None)
+    want = (ax / 2, ay / 2, math.sqrt(max(c + ax * ax / 4 + ay * ay / 4, 0.0)))
+    got = fit_circle(xs, ys)
+    scale = abs(cx) + abs(cy) + r
+    assert got == pytest.approx(want, abs=1e-6 * scale)
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_ring_profile_reads_the_mean_level_at_each_radius() -> None:
+    """On an image whose level depends on the distance from a point only, the profile is that
+    level; radii that leave the frame in most directions read +inf."""
+    from kiboauto.vision.well import _ring_profile
+
+    h, w, cx, cy = 120, 160, 80.0, 60.0
+    yy, xx = np.mgrid[0:h, 0:w]
+    dist = np.hypot(xx - cx, yy - cy)
+    image = np.clip(40 + 2 * dist, 0, 255).astype(np.uint8)  # 2 levels per pixel of radius
+    profile = _ring_profile(image, cx, cy, 150.0, 96, 90)
+    radii = np.arange(96) * 150.0 / 96
+    inside = radii < 55  # every direction in the frame
+    assert np.allclose(profile[inside], 40 + 2 * radii[inside], atol=1.5)
+    assert np.isinf(profile[radii > 101]).all()  # past the frame's corners (100 px away)
+    assert np.isfinite(profile[radii < 95]).all()  # still seen along the diagonals
+
+
+def compiled_signatures() -> dict[str, list[object]]:
+    from numba.core.registry import CPUDispatcher
+
+    from kiboauto.vision import appearance as ap
+    from kiboauto.vision import halving, pixel_maps, well
+
+    found = {}
+    for module in (ap, halving, pixel_maps, well):
+        for name, value in vars(module).items():
+            # (helpers inlined into the routines have no code, nor signatures, of their own)
+            if isinstance(value, CPUDispatcher) and value.targetoptions.get("inline") != "always":
+                found[f"{module.__name__}.{name}"] = list(value.signatures)
+    return found
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_warm_up_prepares_everything_an_inspection_runs() -> None:
+    """After warm_up(), inspecting grey, colour and 16-bit frames compiles nothing new (no
+    inspection is slowed, or timed, with the compiler)."""
+    from kiboauto.vision import warm_up
+
+    warm_up()
+    before = compiled_signatures()
+    assert len(before) >= 5 and all(before.values())
+    grey, truth = S.render(S.random_spec(40_200, drop_class="crystals", width=1280, height=960))
+    colour = np.ascontiguousarray(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    for image in (grey, colour, grey.astype(np.uint16) * 100):
+        inspect(image, um_per_px=truth.um_per_px)
+    assert compiled_signatures() == before

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from .jit import compiled, inlined
 from .prep import percentile_u8
 
 __all__ = ["find_well", "fit_circle", "well_reference"]
@@ -17,24 +18,30 @@ def fit_circle(
     xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64]
 ) -> tuple[float, float, float]:
     """Least-squares (Kåsa) circle through points: (cx, cy, r)."""
-    return _kasa(_design(xs, ys))
+    pts = np.stack([np.asarray(xs, np.float64), np.asarray(ys, np.float64)], axis=1)
+    keep = np.ones(len(pts), np.bool_)
+    return _kasa(np.ascontiguousarray(pts), keep)
 
 
-def _design(xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Rows (x, y, 1, x^2 + y^2) of the points, for :func:`_kasa`."""
-    d = np.empty((xs.size, 4), np.float64)
-    d[:, 0], d[:, 1], d[:, 2] = xs, ys, 1.0
-    d[:, 3] = xs * xs + ys * ys
-    return d
-
-
-def _kasa(design: npt.NDArray[np.float64]) -> tuple[float, float, float]:
-    """The Kåsa circle of the points in ``design`` (see :func:`_design`).
-
-    All sums the 3x3 normal equations need come from one 4x4 product; the system is solved by
-    Cramer's rule in plain floats (far cheaper than a LAPACK call for so small a system).
-    """
-    (p, q, r_, b0), (_, s, t, b1), (_, _, u, b2), _ = (design.T @ design).tolist()
+@inlined
+def _kasa(pts: npt.NDArray[np.float64], keep: npt.NDArray[np.bool_]) -> tuple[float, float, float]:
+    """The Kåsa circle of the points ``pts[keep]``: the normal equations of
+    x^2 + y^2 = 2 cx x + 2 cy y + c, solved by Cramer's rule (a 3x3 system)."""
+    p = q = r_ = s = t = u = b0 = b1 = b2 = 0.0
+    for i in range(pts.shape[0]):
+        if not keep[i]:
+            continue
+        x, y = pts[i, 0], pts[i, 1]
+        z = x * x + y * y
+        p += x * x
+        q += x * y
+        r_ += x
+        s += y * y
+        t += y
+        u += 1.0
+        b0 += x * z
+        b1 += y * z
+        b2 += z
     p, s, u = p + 1e-9, s + 1e-9, u + 1e-9
     det = p * (s * u - t * t) - q * (q * u - t * r_) + r_ * (q * t - s * r_)
     if det == 0.0:
@@ -47,15 +54,69 @@ def _kasa(design: npt.NDArray[np.float64]) -> tuple[float, float, float]:
     return cx, cy, r
 
 
+@compiled
+def _robust_circle(pts: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+    """A Kåsa circle, refitted twice to the points within 10 % and then 4 % (+ 1 px) of its
+    radius, so blobs joined to the well's inside do not pull it."""
+    n = pts.shape[0]
+    keep = np.ones(n, np.bool_)
+    cx, cy, r = _kasa(pts, keep)
+    for tol in (0.10, 0.04):
+        lo, hi = max((1.0 - tol) * r - 1.0, 0.0), (1.0 + tol) * r + 1.0
+        lo2, hi2 = lo * lo, hi * hi
+        count = 0
+        for i in range(n):
+            dx, dy = pts[i, 0] - cx, pts[i, 1] - cy
+            d2 = dx * dx + dy * dy
+            keep[i] = lo2 < d2 < hi2
+            count += keep[i]
+        if count < 12:
+            break
+        cx, cy, r = _kasa(pts, keep)
+    return cx, cy, r
+
+
+@compiled
+def _ring_profile(
+    img: npt.NDArray[np.uint8], cx: float, cy: float, max_r: float, n_r: int, n_a: int
+) -> npt.NDArray[np.float64]:
+    """Mean level at ``n_r`` radii from 0 to ``max_r`` around (cx, cy), over ``n_a`` directions,
+    bilinear; directions whose sample lies outside the image do not count, and a radius seen in
+    fewer than 5 directions reads +inf (not a candidate for the darkest ring)."""
+    h, w = img.shape
+    profile = np.empty(n_r, np.float64)
+    cos = np.empty(n_a, np.float64)
+    sin = np.empty(n_a, np.float64)
+    for a in range(n_a):
+        ang = 2.0 * math.pi * a / n_a
+        cos[a] = math.cos(ang)
+        sin[a] = math.sin(ang)
+    for i in range(n_r):
+        rho = i * max_r / n_r
+        total = 0.0
+        seen = 0
+        for a in range(n_a):
+            x = cx + rho * cos[a]
+            y = cy + rho * sin[a]
+            if not (0.0 <= x <= w - 1 and 0.0 <= y <= h - 1):
+                continue
+            x0 = min(int(x), w - 2) if w > 1 else 0
+            y0 = min(int(y), h - 2) if h > 1 else 0
+            fx, fy = x - x0, y - y0
+            x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
+            top = img[y0, x0] * (1.0 - fx) + img[y0, x1] * fx
+            bottom = img[y1, x0] * (1.0 - fx) + img[y1, x1] * fx
+            total += top * (1.0 - fy) + bottom * fy
+            seen += 1
+        profile[i] = total / seen if seen >= 5 else np.inf
+    return profile
+
+
 def well_reference(small: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], float]:
     """(``small`` smoothed by a 5x5 Gaussian, its 75th percentile): the inputs of
     :func:`find_well`; the percentile is also the brightness reference of the drop search."""
     smooth = np.asarray(cv2.GaussianBlur(small, (5, 5), 0), dtype=np.uint8)
     return smooth, percentile_u8(smooth, 75)
-
-
-def _ones(h: int, w: int) -> npt.NDArray[np.float32]:
-    return np.ones((h, w), np.float32)
 
 
 def find_well(
@@ -91,34 +152,13 @@ def find_well(
     if best is None:
         return None
     pts = best.reshape(-1, 2).astype(np.float64)
-    design = _design(pts[:, 0], pts[:, 1])
-    cx, cy, r = _kasa(design)
-    for tol in (0.10, 0.04):
-        # |distance to the centre - r| < tol r + 1, on squared distances (no root per point):
-        # lo^2 < |p - c|^2 < hi^2, and |p - c|^2 - |c|^2 is one product with the design rows
-        lo, hi = max((1.0 - tol) * r - 1.0, 0.0), (1.0 + tol) * r + 1.0
-        d2 = design @ np.asarray([-2.0 * cx, -2.0 * cy, 0.0, 1.0])
-        mid, half = 0.5 * (hi * hi + lo * lo) - cx * cx - cy * cy, 0.5 * (hi * hi - lo * lo)
-        keep = np.abs(d2 - mid) < half
-        if np.count_nonzero(keep) < 12:
-            break
-        cx, cy, r = _kasa(design[keep])
+    cx, cy, r = _robust_circle(pts)
     if not (0.2 * short < r < 0.8 * max(h, w)):
         return None
-    # the ring: darkest mean radius between the inner edge and 1.3x it
+    # the ring: the darkest mean radius between the inner edge and 1.35x it
     n_r = 96
     max_r = 1.35 * r
-    flags = cv2.WARP_POLAR_LINEAR | cv2.WARP_FILL_OUTLIERS
-    polar = cv2.warpPolar(smooth, (n_r, 90), (cx, cy), max_r, flags)
-    if min(cx, cy) >= max_r and cx + max_r <= w - 1 and cy + max_r <= h - 1:
-        profile = cv2.reduce(polar, 0, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
-    else:
-        # part of the span lies outside the frame (read as 0, darker than any ring): average
-        # each radius over the directions that see the frame only, weighted by how much they do
-        seen = cv2.warpPolar(_ones(h, w), (n_r, 90), (cx, cy), max_r, flags)
-        sums = cv2.reduce(polar, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32F).ravel()
-        weights = cv2.reduce(seen, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32F).ravel()
-        profile = np.where(weights > 4.5, sums / np.maximum(weights, 1e-6), np.inf)
+    profile = _ring_profile(smooth, cx, cy, max_r, n_r, 90)
     i0 = int(r / max_r * n_r)
     ring = r
     if i0 < n_r - 2:
