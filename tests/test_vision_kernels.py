@@ -327,3 +327,86 @@ def test_warm_up_prepares_everything_an_inspection_runs() -> None:
     for image in (grey, colour, grey.astype(np.uint16) * 100):
         inspect(image, um_per_px=truth.um_per_px)
     assert compiled_signatures() == before
+
+
+CROSS = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+
+
+def opencv_drop_mask(
+    small: U8, region: U8, seed_x: np.ndarray[Any, Any], seed_y: np.ndarray[Any, Any], level: int
+) -> U8:
+    """The drop search's pixel work as OpenCV calls: cross black-hat above the level, grown 3x3,
+    cut from the region; flood fill (4-connected) from every seed on free space; what is left,
+    opened by the cross."""
+    blackhat = cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, CROSS)
+    edge = (blackhat.astype(np.int16) > level).astype(np.uint8)
+    edge = cv2.dilate(edge, K3)
+    free = cv2.subtract(region, edge)
+    h, w = small.shape
+    for x, y in zip(seed_x.tolist(), seed_y.tolist(), strict=True):
+        if 0 <= x < w and 0 <= y < h and free[y, x] == 1:
+            cv2.floodFill(free, None, (x, y), 2, flags=4)
+    _, outside = cv2.threshold(free, 1, 1, cv2.THRESH_BINARY)
+    drop = cv2.subtract(region, outside)
+    return cv2.morphologyEx(drop, cv2.MORPH_OPEN, CROSS)
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_drop_mask_matches_opencv_on_rendered_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiboauto.vision import drop
+
+    calls: list[tuple[Any, ...]] = []
+    compiled = drop._drop_mask
+
+    def recording(*args: Any) -> U8:
+        calls.append(tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args))
+        return compiled(*args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(drop, "_drop_mask", recording)
+    for k, size in enumerate([(640, 480), (1280, 960), (2048, 2048)] * 2):
+        drop_class = ("crystals", "precipitate", "clear", "other")[k % 4]
+        spec = S.random_spec(40_300 + k, drop_class=drop_class, width=size[0], height=size[1])
+        image, truth = S.render(spec)
+        inspect(image, um_per_px=truth.um_per_px)
+    assert len(calls) == 6
+    for small, region, sx, sy, level in calls:
+        want = opencv_drop_mask(small, region, sx, sy, level)
+        assert 0 < np.count_nonzero(want) < np.count_nonzero(region)  # a real drop in the well
+        assert np.array_equal(compiled(small, region, sx, sy, level), want)
+
+
+@pytest.mark.req("KA-VIS-001")
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(1, 16), st.integers(1, 16)))
+def test_drop_mask_matches_opencv_at_every_small_size(
+    data: st.DataObject, shape: tuple[int, int]
+) -> None:
+    from kiboauto.vision.drop import _drop_mask
+
+    small = data.draw(hnp.arrays(np.uint8, shape))
+    region = data.draw(hnp.arrays(np.uint8, shape, elements=st.integers(0, 1)))
+    n = data.draw(st.integers(0, 6))
+    seed_x = np.asarray(data.draw(st.lists(st.integers(-2, 17), min_size=n, max_size=n)), np.int64)
+    seed_y = np.asarray(data.draw(st.lists(st.integers(-2, 17), min_size=n, max_size=n)), np.int64)
+    level = data.draw(st.integers(-3, 260))
+    want = opencv_drop_mask(small, region, seed_x, seed_y, level)
+    assert np.array_equal(_drop_mask(small, region, seed_x, seed_y, level), want)
+
+
+@pytest.mark.req("KA-VIS-001")
+def test_drop_mask_matches_opencv_on_mostly_open_regions() -> None:
+    """2000 random cases where the flood reaches far (regions mostly set, few edges): every
+    step of the fill, at every edge of the image, shows in the result."""
+    from kiboauto.vision.drop import _drop_mask
+
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        h, w = rng.integers(1, 20, 2)
+        region = (rng.random((h, w)) < rng.uniform(0.6, 1.0)).astype(np.uint8)
+        small = rng.integers(100, 112, (h, w)).astype(np.uint8)
+        n = int(rng.integers(0, 8))
+        seed_x, seed_y = rng.integers(-1, w + 1, n), rng.integers(-1, h + 1, n)
+        level = int(rng.integers(2, 12))
+        want = opencv_drop_mask(small, region, seed_x, seed_y, level)
+        got = _drop_mask(small, region, seed_x, seed_y, level)
+        assert np.array_equal(got, want), (small, region, seed_x, seed_y, level)

@@ -28,6 +28,7 @@ def warm_up() -> None:
     import numpy as np
 
     from .appearance import appearance
+    from .drop import find_drop
     from .halving import halve_bgr
     from .pixel_maps import crystal_maps
     from .well import find_well, fit_circle
@@ -40,3 +41,4 @@ def warm_up() -> None:
     well = np.full((40, 40), 60, np.uint8)  # a dark wall around a bright inside
     well[8:32, 8:32] = 220
     find_well(well, 200.0)
+    find_drop(well, None, 200.0)

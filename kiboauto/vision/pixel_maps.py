@@ -20,7 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .jit import compiled, inlined
+from .filters import (
+    cols_max3,
+    cols_min3,
+    reflect101,
+    rows_max3,
+    rows_min3,
+    rows_or5,
+    rows_sum5,
+)
+from .jit import compiled
 
 __all__ = ["CrystalMaps", "crystal_maps"]
 
@@ -83,113 +92,6 @@ def _u8(v: int) -> np.uint8:
     return np.uint8(min(max(v, 0), 255))
 
 
-# --- 3-wide and 5-wide running filters along rows, and across rows ---------------------------
-# Maximum and minimum filters treat pixels outside the image as absent (OpenCV's default for
-# dilate and erode): at the ends of a row the window simply has fewer pixels.
-
-
-@inlined
-def _rows_max3(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        s = src[y]
-        d = dst[y]
-        if w == 1:
-            d[0] = s[0]
-            continue
-        for x in range(w - 2):
-            d[x + 1] = max(max(s[x], s[x + 1]), s[x + 2])
-        d[0] = max(s[0], s[1])
-        d[w - 1] = max(s[w - 2], s[w - 1])
-
-
-@inlined
-def _rows_min3(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        s = src[y]
-        d = dst[y]
-        if w == 1:
-            d[0] = s[0]
-            continue
-        for x in range(w - 2):
-            d[x + 1] = min(min(s[x], s[x + 1]), s[x + 2])
-        d[0] = min(s[0], s[1])
-        d[w - 1] = min(s[w - 2], s[w - 1])
-
-
-@inlined
-def _cols_max3(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        a = src[max(y - 1, 0)]
-        b = src[y]
-        c = src[min(y + 1, h - 1)]
-        d = dst[y]
-        for x in range(w):
-            d[x] = max(max(a[x], b[x]), c[x])
-
-
-@inlined
-def _cols_min3(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        a = src[max(y - 1, 0)]
-        b = src[y]
-        c = src[min(y + 1, h - 1)]
-        d = dst[y]
-        for x in range(w):
-            d[x] = min(min(a[x], b[x]), c[x])
-
-
-@inlined
-def _rows_or5(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        s = src[y]
-        d = dst[y]
-        for x in range(w - 4):
-            d[x + 2] = s[x] | s[x + 1] | s[x + 2] | s[x + 3] | s[x + 4]
-        for x in range(min(w, 2)):  # the two pixels at each end (they may overlap)
-            for e in (x, w - 1 - x):
-                v = np.uint8(0)
-                for k in range(max(e - 2, 0), min(e + 3, w)):
-                    v |= s[k]
-                d[e] = v
-
-
-@inlined
-def _reflect101(i: int, n: int) -> int:
-    """OpenCV's BORDER_REFLECT_101 index (as for cv2.blur): -1 -> 1, n -> n - 2."""
-    if n == 1:
-        return 0
-    while i < 0 or i >= n:
-        i = -i if i < 0 else 2 * n - 2 - i
-    return i
-
-
-@inlined
-def _rows_sum5(src: U8, dst: npt.NDArray[np.uint16]) -> None:
-    h, w = src.shape
-    for y in range(h):
-        s = src[y]
-        d = dst[y]
-        for x in range(w - 4):
-            d[x + 2] = (
-                np.uint16(s[x])
-                + np.uint16(s[x + 1])
-                + np.uint16(s[x + 2])
-                + np.uint16(s[x + 3])
-                + np.uint16(s[x + 4])
-            )
-        for x in range(min(w, 2)):
-            for e in (x, w - 1 - x):
-                v = np.uint16(0)
-                for k in range(e - 2, e + 3):
-                    v += np.uint16(s[_reflect101(k, w)])
-                d[e] = v
-
-
 @compiled
 def _maps(
     flat: U8, mask: U8, bright: np.uint8, dark: np.uint8, weak: np.uint8, strong: np.uint8
@@ -205,27 +107,27 @@ def _maps(
     sums = np.empty((h, w), np.uint16)
 
     # 3x3 max (hi) and min (lo): the gradient hi - lo
-    _rows_max3(flat, tmp)
-    _cols_max3(tmp, hi)
-    _rows_min3(flat, tmp)
-    _cols_min3(tmp, lo)
+    rows_max3(flat, tmp)
+    cols_max3(tmp, hi)
+    rows_min3(flat, tmp)
+    cols_min3(tmp, lo)
     for y in range(h):
         g, a, b = grad[y], hi[y], lo[y]
         for x in range(w):
             g[x] = a[x] - b[x]
     # 3x3 closing of the level (3x3 min of hi), into lo: the black-hat is closing - level
-    _rows_min3(hi, tmp)
-    _cols_min3(tmp, lo)
+    rows_min3(hi, tmp)
+    cols_min3(tmp, lo)
 
     # fine contrast |level - 5x5 mean|; the mean rounds to nearest as cv2.blur's does (a sum
     # of 25 levels never ends in .5 when divided by 25)
-    _rows_sum5(flat, sums)
+    rows_sum5(flat, sums)
     for y in range(h):
-        a0 = sums[_reflect101(y - 2, h)]
-        a1 = sums[_reflect101(y - 1, h)]
+        a0 = sums[reflect101(y - 2, h)]
+        a1 = sums[reflect101(y - 1, h)]
         a2 = sums[y]
-        a3 = sums[_reflect101(y + 1, h)]
-        a4 = sums[_reflect101(y + 2, h)]
+        a3 = sums[reflect101(y + 1, h)]
+        a4 = sums[reflect101(y + 2, h)]
         f, d = flat[y], fine[y]
         for x in range(w):
             # the 5x5 sum plus 12 is at most 6387, where t * 167773 >> 22 == t // 25 (a
@@ -241,17 +143,17 @@ def _maps(
         for x in range(w):
             c[x] = np.uint8(f[x] > bright) | np.uint8(f[x] < dark) | np.uint8(g[x] > strong)
     # weak edges next to the core join it; inside the mask only (into border, used as scratch)
-    _rows_max3(tmp, hi)
-    _cols_max3(hi, obj)  # the core grown 3x3
+    rows_max3(tmp, hi)
+    cols_max3(hi, obj)  # the core grown 3x3
     for y in range(h):
         c, g, near, m, o = tmp[y], grad[y], obj[y], mask[y], border[y]
         for x in range(w):
             o[x] = (c[x] | (np.uint8(g[x] > weak) & near[x])) & m[x]
     # closed 3x3 (grow, then shrink), into obj
-    _rows_max3(border, tmp)
-    _cols_max3(tmp, hi)
-    _rows_min3(hi, tmp)
-    _cols_min3(tmp, obj)
+    rows_max3(border, tmp)
+    cols_max3(tmp, hi)
+    rows_min3(hi, tmp)
+    cols_min3(tmp, obj)
 
     # border of the mask: mask pixels whose 3x3 neighbourhood leaves the mask or the ROI
     for y in range(h):
@@ -268,7 +170,7 @@ def _maps(
         o[w - 1] = m[w - 1]
 
     # objects grown 5x5 (rows here, columns in the loop below) and the counts
-    _rows_or5(obj, tmp)
+    rows_or5(obj, tmp)
     # counts summed down the columns first (vector adds), then across once
     cols = np.zeros((7, w), np.uint32)
     c_mask, c_obj, c_dark, c_away, c_grainy, c_fine, c_lines = (
