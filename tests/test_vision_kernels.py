@@ -410,3 +410,19 @@ def test_drop_mask_matches_opencv_on_mostly_open_regions() -> None:
         want = opencv_drop_mask(small, region, seed_x, seed_y, level)
         got = _drop_mask(small, region, seed_x, seed_y, level)
         assert np.array_equal(got, want), (small, region, seed_x, seed_y, level)
+
+
+@pytest.mark.req("KA-VIS-001")
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(1, 40), st.integers(1, 40)))
+def test_well_reference_is_opencv_gaussian_and_histogram_percentile(
+    data: st.DataObject, shape: tuple[int, int]
+) -> None:
+    from kiboauto.vision.well import well_reference
+
+    small = data.draw(hnp.arrays(np.uint8, shape, elements=st.integers(0, 255)))
+    smooth = cv2.GaussianBlur(small, (5, 5), 0)
+    cum = cv2.calcHist([smooth], [0], None, [256], [0, 256]).cumsum()
+    level = float(cum.searchsorted(0.75 * float(cum[-1])))  # least level with >= 75 % at or below
+    got_smooth, got_level = well_reference(small)
+    assert np.array_equal(got_smooth, smooth) and got_level == level

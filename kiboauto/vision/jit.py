@@ -31,7 +31,7 @@ def warm_up() -> None:
     from .drop import find_drop
     from .halving import halve_bgr
     from .pixel_maps import crystal_maps
-    from .well import find_well, fit_circle
+    from .well import find_well, fit_circle, well_reference
 
     square = np.zeros((3, 3), np.uint8)
     crystal_maps(square, np.ones((3, 3), np.uint8), 0.1, 0.1)
@@ -40,5 +40,5 @@ def warm_up() -> None:
     fit_circle(np.asarray([0.0, 1.0, 0.0]), np.asarray([0.0, 0.0, 1.0]))
     well = np.full((40, 40), 60, np.uint8)  # a dark wall around a bright inside
     well[8:32, 8:32] = 220
-    find_well(well, 200.0)
+    find_well(*well_reference(well))
     find_drop(well, None, 200.0)

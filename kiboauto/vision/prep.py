@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from .halving import halve_bgr, halves_bgr
 
-__all__ = ["Grey", "Pyramid", "build_pyramid", "double", "halve", "percentile_u8", "to_grey"]
+__all__ = ["Grey", "Pyramid", "build_pyramid", "double", "halve", "to_grey"]
 
 Grey = npt.NDArray[np.uint8]
 _ROW3 = np.ones((1, 3), np.uint8)
@@ -187,17 +187,3 @@ def build_pyramid(
         source = _to_u8(_reduce(image, n_work, "grey"))
         coarse = np.asarray(_reduce(source, n_coarse), dtype=np.uint8)
     return Pyramid(source, coarse, work_scale, coarse_scale, (w, h))
-
-
-def percentile_u8(
-    img: npt.NDArray[np.uint8], q: float, mask: npt.NDArray[np.uint8] | None = None
-) -> float:
-    """The ``q``-th percentile of a uint8 image (optionally under ``mask``) from its histogram.
-
-    Much cheaper than :func:`numpy.percentile` on images (no sort).
-    """
-    cum = cv2.calcHist([img], [0], mask, [256], [0, 256]).cumsum()  # exact below 2**24 pixels
-    total = float(cum[-1])
-    if total <= 0:
-        return 0.0
-    return float(cum.searchsorted(q / 100.0 * total))
