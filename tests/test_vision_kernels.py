@@ -426,3 +426,33 @@ def test_well_reference_is_opencv_gaussian_and_histogram_percentile(
     level = float(cum.searchsorted(0.75 * float(cum[-1])))  # least level with >= 75 % at or below
     got_smooth, got_level = well_reference(small)
     assert np.array_equal(got_smooth, smooth) and got_level == level
+
+
+@pytest.mark.req("KA-VIS-001")
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(1, 30), st.integers(1, 30)))
+def test_grey_minus_spread_of_any_window(data: st.DataObject, shape: tuple[int, int]) -> None:
+    """cvtColor grey minus max(B, G, R) - min(B, G, R), saturating, in any window of a frame."""
+    from kiboauto.vision.prep import _grey_minus_spread
+
+    h, w = shape
+    bgr = data.draw(hnp.arrays(np.uint8, (h, w, 3)))
+    y0 = data.draw(st.integers(0, h - 1))
+    y1 = data.draw(st.integers(y0 + 1, h))
+    x0 = data.draw(st.integers(0, w - 1))
+    x1 = data.draw(st.integers(x0 + 1, w))
+    part = bgr[y0:y1, x0:x1]
+    grey = cv2.cvtColor(part, cv2.COLOR_BGR2GRAY).astype(np.int16)
+    spread = part.max(axis=2).astype(np.int16) - part.min(axis=2)
+    want = np.clip(grey - spread, 0, 255).astype(np.uint8)
+    assert np.array_equal(_grey_minus_spread(bgr, (y0, y1), (x0, x1)), want)
+
+
+def test_subtract_spread_rejects_what_it_cannot_read() -> None:
+    from kiboauto.vision.halving import subtract_spread
+
+    bgr = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="exceed"):
+        subtract_spread(bgr, 2, 0, np.zeros((3, 4), np.uint8))
+    with pytest.raises(ValueError, match="contiguous 8-bit BGR"):
+        subtract_spread(bgr[:, ::2], 0, 0, np.zeros((2, 2), np.uint8))

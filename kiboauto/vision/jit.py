@@ -29,13 +29,14 @@ def warm_up() -> None:
 
     from .appearance import appearance
     from .drop import find_drop
-    from .halving import halve_bgr
+    from .halving import halve_bgr, subtract_spread
     from .pixel_maps import crystal_maps
     from .well import find_well, fit_circle, well_reference
 
     square = np.zeros((3, 3), np.uint8)
     crystal_maps(square, np.ones((3, 3), np.uint8), 0.1, 0.1)
     halve_bgr(np.zeros((2, 2, 3), np.uint8))
+    subtract_spread(np.zeros((2, 2, 3), np.uint8), 0, 0, np.zeros((2, 2), np.uint8))
     appearance([(np.asarray([[[1, 1]]], np.int32), (1, 1, 1, 1))], square, square, square)
     fit_circle(np.asarray([0.0, 1.0, 0.0]), np.asarray([0.0, 0.0, 1.0]))
     well = np.full((40, 40), 60, np.uint8)  # a dark wall around a bright inside

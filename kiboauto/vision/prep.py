@@ -10,12 +10,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .halving import halve_bgr, halves_bgr
+from .halving import halve_bgr, halves_bgr, subtract_spread
 
 __all__ = ["Grey", "Pyramid", "build_pyramid", "double", "halve", "to_grey"]
 
 Grey = npt.NDArray[np.uint8]
-_ROW3 = np.ones((1, 3), np.uint8)
 
 
 def to_grey(image: npt.NDArray[np.uint8] | npt.NDArray[np.uint16]) -> npt.NDArray[np.generic]:
@@ -98,23 +97,24 @@ def _reduce(
     return img
 
 
-def _grey_minus_spread(bgr: npt.NDArray[np.uint8], own: bool) -> Grey:
-    """Grey level minus colour spread (max(B, G, R) - min(B, G, R)) per pixel.
+def _grey_minus_spread(
+    bgr: npt.NDArray[np.uint8],
+    rows: tuple[int, int] | None = None,
+    cols: tuple[int, int] | None = None,
+) -> Grey:
+    """Grey level minus colour spread (max(B, G, R) - min(B, G, R)) per pixel, of ``bgr``'s
+    rows ``rows`` and columns ``cols`` (all by default).
 
-    Seen as one row of interleaved bytes per image row, a 1x3 max (min) filter centred on the
-    middle byte of each pixel covers exactly that pixel's three channels: two filters and one
-    channel pick, far cheaper than splitting the channels. ``own``: ``bgr`` is a scratch copy
-    that may be overwritten (saves allocating, and page-faulting, one more frame-sized buffer).
+    The grey level is OpenCV's (``cv2.cvtColor``); the spread and the subtraction are one compiled
+    pass (:func:`kiboauto.vision.halving.subtract_spread`).
     """
     h, w = bgr.shape[:2]
-    own = own or not bgr.flags.c_contiguous  # then the next line copies it
-    rows = np.ascontiguousarray(bgr).reshape(h, w * 3)
-    grey8 = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    hi = cv2.dilate(rows, _ROW3, dst=scratch("spread", rows.shape, np.uint8))
-    lo = cv2.erode(rows, _ROW3, dst=rows) if own else cv2.erode(rows, _ROW3)
-    cv2.subtract(hi, lo, dst=hi)  # the spread, at every byte; the middle byte of a pixel is its own
-    spread = cv2.extractChannel(hi.reshape(h, w, 3), 1)
-    return np.asarray(cv2.subtract(grey8, spread, dst=grey8), dtype=np.uint8)
+    y0, y1 = rows if rows is not None else (0, h)
+    x0, x1 = cols if cols is not None else (0, w)
+    whole = np.ascontiguousarray(bgr)
+    grey = np.asarray(cv2.cvtColor(whole[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY), dtype=np.uint8)
+    subtract_spread(whole, y0, x0, grey)
+    return grey
 
 
 def _to_u8(img: npt.NDArray[np.generic]) -> Grey:
@@ -151,8 +151,9 @@ class Pyramid:
 
     def work_roi(self, y0: int, y1: int, x0: int, x1: int) -> Grey:
         """The grey working level in rows y0:y1, columns x0:x1."""
-        part = self.source[y0:y1, x0:x1]
-        return part if part.ndim == 2 else _grey_minus_spread(part, own=False)
+        if self.source.ndim == 2:
+            return self.source[y0:y1, x0:x1]
+        return _grey_minus_spread(self.source, (y0, y1), (x0, x1))
 
     @property
     def work(self) -> Grey:
@@ -175,14 +176,14 @@ def build_pyramid(
     source: npt.NDArray[np.uint8]
     if image.ndim == 3:
         src = _reduce(image[:, :, :3], n_work, "colour", last_to_scratch=True)
-        source = _to_u8(src) if src.dtype != np.uint8 else np.asarray(src, dtype=np.uint8)
+        # contiguous (a BGRA frame's BGR part is not), so the colour stages read it row by row
+        source = np.ascontiguousarray(_to_u8(src), dtype=np.uint8)
         if n_coarse == 0:  # no coarser level: the grey working level is needed whole
-            own = n_work > 0 or src.dtype != np.uint8  # a copy made here, not the caller's
-            source = _grey_minus_spread(source, own)
+            source = _grey_minus_spread(source)
             coarse = source
         else:
             coarse_src = np.asarray(_reduce(source, n_coarse), dtype=np.uint8)
-            coarse = _grey_minus_spread(coarse_src, own=True)
+            coarse = _grey_minus_spread(coarse_src)
     else:
         source = _to_u8(_reduce(image, n_work, "grey"))
         coarse = np.asarray(_reduce(source, n_coarse), dtype=np.uint8)
