@@ -8,6 +8,8 @@ the vectoriser); the image's first and last columns are done outside the main lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -29,57 +31,83 @@ U8 = npt.NDArray[np.uint8]
 
 
 @inlined
-def rows_max3(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        s = src[y]
-        d = dst[y]
-        if w == 1:
-            d[0] = s[0]
-            continue
-        for x in range(w - 2):
-            d[x + 1] = max(max(s[x], s[x + 1]), s[x + 2])
-        d[0] = max(s[0], s[1])
-        d[w - 1] = max(s[w - 2], s[w - 1])
+def _max(a: np.uint8, b: np.uint8) -> np.uint8:
+    return max(a, b)
 
 
 @inlined
-def rows_min3(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        s = src[y]
-        d = dst[y]
-        if w == 1:
-            d[0] = s[0]
-            continue
-        for x in range(w - 2):
-            d[x + 1] = min(min(s[x], s[x + 1]), s[x + 2])
-        d[0] = min(s[0], s[1])
-        d[w - 1] = min(s[w - 2], s[w - 1])
+def _min(a: np.uint8, b: np.uint8) -> np.uint8:
+    return min(a, b)
 
 
-@inlined
-def cols_max3(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        a = src[max(y - 1, 0)]
-        b = src[y]
-        c = src[min(y + 1, h - 1)]
-        d = dst[y]
-        for x in range(w):
-            d[x] = max(max(a[x], b[x]), c[x])
+Filter = Callable[[U8, U8], None]
 
 
-@inlined
-def cols_min3(src: U8, dst: U8) -> None:
-    h, w = src.shape
-    for y in range(h):
-        a = src[max(y - 1, 0)]
-        b = src[y]
-        c = src[min(y + 1, h - 1)]
-        d = dst[y]
-        for x in range(w):
-            d[x] = min(min(a[x], b[x]), c[x])
+def _along_rows3(pick: Callable[[np.uint8, np.uint8], np.uint8]) -> Filter:
+    """A filter taking ``pick`` (maximum or minimum) over each pixel and its row neighbours."""
+
+    @inlined
+    def along_rows(src: U8, dst: U8) -> None:
+        h, w = src.shape
+        for y in range(h):
+            s = src[y]
+            d = dst[y]
+            if w == 1:
+                d[0] = s[0]
+                continue
+            for x in range(w - 2):
+                d[x + 1] = pick(pick(s[x], s[x + 1]), s[x + 2])
+            d[0] = pick(s[0], s[1])
+            d[w - 1] = pick(s[w - 2], s[w - 1])
+
+    return along_rows
+
+
+def _across_rows3(pick: Callable[[np.uint8, np.uint8], np.uint8]) -> Filter:
+    """A filter taking ``pick`` over each pixel and its neighbours above and below (a row
+    repeated at the image's edge changes no maximum or minimum)."""
+
+    @inlined
+    def across_rows(src: U8, dst: U8) -> None:
+        h, w = src.shape
+        for y in range(h):
+            a = src[max(y - 1, 0)]
+            b = src[y]
+            c = src[min(y + 1, h - 1)]
+            d = dst[y]
+            for x in range(w):
+                d[x] = pick(pick(a[x], b[x]), c[x])
+
+    return across_rows
+
+
+def _cross3(pick: Callable[[np.uint8, np.uint8], np.uint8]) -> Filter:
+    """A filter taking ``pick`` over each pixel and its 4 neighbours (a 3x3 cross)."""
+
+    @inlined
+    def cross(src: U8, dst: U8) -> None:
+        h, w = src.shape
+        for y in range(h):
+            a = src[max(y - 1, 0)]
+            b = src[y]
+            c = src[min(y + 1, h - 1)]
+            d = dst[y]
+            for x in range(w - 2):
+                d[x + 1] = pick(pick(pick(a[x + 1], c[x + 1]), pick(b[x], b[x + 2])), b[x + 1])
+            for x in (0, w - 1):
+                v = pick(pick(a[x], c[x]), b[x])
+                if x > 0:
+                    v = pick(v, b[x - 1])
+                if x < w - 1:
+                    v = pick(v, b[x + 1])
+                d[x] = v
+
+    return cross
+
+
+rows_max3, rows_min3 = _along_rows3(_max), _along_rows3(_min)
+cols_max3, cols_min3 = _across_rows3(_max), _across_rows3(_min)
+cross_max, cross_min = _cross3(_max), _cross3(_min)
 
 
 @inlined
@@ -128,43 +156,3 @@ def rows_sum5(src: U8, dst: npt.NDArray[np.uint16]) -> None:
                 for k in range(e - 2, e + 3):
                     v += np.uint16(s[reflect101(k, w)])
                 d[e] = v
-
-
-@inlined
-def cross_max(src: U8, dst: U8) -> None:
-    """Maximum over each pixel and its 4 neighbours (a 3x3 cross)."""
-    h, w = src.shape
-    for y in range(h):
-        a = src[max(y - 1, 0)]  # (a row repeated at the image's edge changes no maximum)
-        b = src[y]
-        c = src[min(y + 1, h - 1)]
-        d = dst[y]
-        for x in range(w - 2):
-            d[x + 1] = max(max(max(a[x + 1], c[x + 1]), max(b[x], b[x + 2])), b[x + 1])
-        for x in (0, w - 1):
-            v = max(max(a[x], c[x]), b[x])
-            if x > 0:
-                v = max(v, b[x - 1])
-            if x < w - 1:
-                v = max(v, b[x + 1])
-            d[x] = v
-
-
-@inlined
-def cross_min(src: U8, dst: U8) -> None:
-    """Minimum over each pixel and its 4 neighbours (a 3x3 cross)."""
-    h, w = src.shape
-    for y in range(h):
-        a = src[max(y - 1, 0)]
-        b = src[y]
-        c = src[min(y + 1, h - 1)]
-        d = dst[y]
-        for x in range(w - 2):
-            d[x + 1] = min(min(min(a[x + 1], c[x + 1]), min(b[x], b[x + 2])), b[x + 1])
-        for x in (0, w - 1):
-            v = min(min(a[x], c[x]), b[x])
-            if x > 0:
-                v = min(v, b[x - 1])
-            if x < w - 1:
-                v = min(v, b[x + 1])
-            d[x] = v
