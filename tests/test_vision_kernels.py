@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 from kiboauto.hil import scene as S
 from kiboauto.vision import crystals, inspect, pipeline
 from kiboauto.vision.appearance import appearance
-from kiboauto.vision.halving import halve_bgr, halves_bgr
+from kiboauto.vision.colour import halve_bgr, halves_bgr
 from kiboauto.vision.pixel_maps import CrystalMaps, crystal_maps
 from kiboauto.vision.prep import halve
 
@@ -302,10 +302,10 @@ def compiled_signatures() -> dict[str, list[object]]:
     from numba.core.registry import CPUDispatcher
 
     from kiboauto.vision import appearance as ap
-    from kiboauto.vision import halving, pixel_maps, well
+    from kiboauto.vision import colour, drop, pixel_maps, well
 
     found = {}
-    for module in (ap, halving, pixel_maps, well):
+    for module in (ap, colour, pixel_maps, well, drop):
         for name, value in vars(module).items():
             # (helpers inlined into the routines have no code, nor signatures, of their own)
             if isinstance(value, CPUDispatcher) and value.targetoptions.get("inline") != "always":
@@ -449,7 +449,7 @@ def test_grey_minus_spread_of_any_window(data: st.DataObject, shape: tuple[int, 
 
 
 def test_subtract_spread_rejects_what_it_cannot_read() -> None:
-    from kiboauto.vision.halving import subtract_spread
+    from kiboauto.vision.colour import subtract_spread
 
     bgr = np.zeros((4, 4, 3), np.uint8)
     with pytest.raises(ValueError, match="exceed"):

@@ -28,8 +28,8 @@ def warm_up() -> None:
     import numpy as np
 
     from .appearance import appearance
+    from .colour import halve_bgr, subtract_spread
     from .drop import find_drop
-    from .halving import halve_bgr, subtract_spread
     from .pixel_maps import crystal_maps
     from .well import find_well, fit_circle, well_reference
 

@@ -4,12 +4,9 @@ The crystal stage needs a dozen maps and counts over the flattened drop: the 3x3
 contrast, the object map, the mask's border, thin dark lines and the pixels away from objects.
 Made with OpenCV they take about 25 calls, each a full pass over the ROI plus the call's own
 cost; here they come from one compiled routine whose loops the compiler vectorises. The results
-are the same, bit for bit, as the OpenCV formulation in ``tests/test_pixel_maps.py``, which tests
-check on rendered drops and on random images of every small size.
-
-Two rules keep the loops vectorised: every index is a loop variable plus a constant >= 0 (numba
-adds a negative-index check otherwise, which stops the vectoriser), and the frame's first and last
-columns and rows, where the filters need a border rule, are handled outside the main loops.
+are the same, bit for bit, as the OpenCV formulation in ``tests/test_vision_kernels.py``, which
+the tests compare with on rendered drops and on random images of every small size. How the loops
+are kept vectorised: see :mod:`kiboauto.vision.filters`.
 """
 
 from __future__ import annotations

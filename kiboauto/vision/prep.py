@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .halving import halve_bgr, halves_bgr, subtract_spread
+from .colour import halve_bgr, halves_bgr, subtract_spread
 
 __all__ = ["Grey", "Pyramid", "build_pyramid", "double", "halve", "to_grey"]
 
@@ -106,7 +106,7 @@ def _grey_minus_spread(
     rows ``rows`` and columns ``cols`` (all by default).
 
     The grey level is OpenCV's (``cv2.cvtColor``); the spread and the subtraction are one compiled
-    pass (:func:`kiboauto.vision.halving.subtract_spread`).
+    pass (:func:`kiboauto.vision.colour.subtract_spread`).
     """
     h, w = bgr.shape[:2]
     y0, y1 = rows if rows is not None else (0, h)
