@@ -23,7 +23,7 @@ inlined = cast(Callable[[_F], _F], njit(cache=True, nogil=True, inline="always")
 
 
 def warm_up() -> None:
-    """Compile (first run on a machine, a few seconds) or load (later runs, about 0.1 s) the
+    """Compile (first run on a machine, about 10 s) or load (later runs, about 0.4 s) the
     vision core's compiled routines now, so that no inspection is slowed, or timed, with it."""
     import numpy as np
 
