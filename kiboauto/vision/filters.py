@@ -9,6 +9,7 @@ the vectoriser); the image's first and last columns are done outside the main lo
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,9 @@ __all__ = [
     "cross_max",
     "cross_min",
     "reflect101",
+    "rows_around3",
+    "rows_around5",
+    "rows_gauss5",
     "rows_max3",
     "rows_min3",
     "rows_or5",
@@ -63,6 +67,27 @@ def _along_rows3(pick: Callable[[np.uint8, np.uint8], np.uint8]) -> Filter:
     return along_rows
 
 
+@inlined
+def rows_around3(img: npt.NDArray[Any], y: int) -> tuple[Any, Any, Any]:
+    """Rows y - 1, y, y + 1 of ``img``, an edge row standing in for the missing one (which
+    changes no maximum or minimum)."""
+    h = img.shape[0]
+    return img[max(y - 1, 0)], img[y], img[min(y + 1, h - 1)]
+
+
+@inlined
+def rows_around5(img: npt.NDArray[Any], y: int) -> tuple[Any, Any, Any, Any, Any]:
+    """Rows y - 2 .. y + 2 of ``img``, mirrored at its edges as OpenCV's BORDER_REFLECT_101."""
+    h = img.shape[0]
+    return (
+        img[reflect101(y - 2, h)],
+        img[reflect101(y - 1, h)],
+        img[y],
+        img[reflect101(y + 1, h)],
+        img[reflect101(y + 2, h)],
+    )
+
+
 def _across_rows3(pick: Callable[[np.uint8, np.uint8], np.uint8]) -> Filter:
     """A filter taking ``pick`` over each pixel and its neighbours above and below (a row
     repeated at the image's edge changes no maximum or minimum)."""
@@ -71,9 +96,7 @@ def _across_rows3(pick: Callable[[np.uint8, np.uint8], np.uint8]) -> Filter:
     def across_rows(src: U8, dst: U8) -> None:
         h, w = src.shape
         for y in range(h):
-            a = src[max(y - 1, 0)]
-            b = src[y]
-            c = src[min(y + 1, h - 1)]
+            a, b, c = rows_around3(src, y)
             d = dst[y]
             for x in range(w):
                 d[x] = pick(pick(a[x], b[x]), c[x])
@@ -88,9 +111,7 @@ def _cross3(pick: Callable[[np.uint8, np.uint8], np.uint8]) -> Filter:
     def cross(src: U8, dst: U8) -> None:
         h, w = src.shape
         for y in range(h):
-            a = src[max(y - 1, 0)]
-            b = src[y]
-            c = src[min(y + 1, h - 1)]
+            a, b, c = rows_around3(src, y)
             d = dst[y]
             for x in range(w - 2):
                 d[x + 1] = pick(pick(pick(a[x + 1], c[x + 1]), pick(b[x], b[x + 2])), b[x + 1])
@@ -136,23 +157,32 @@ def reflect101(i: int, n: int) -> int:
     return i
 
 
-@inlined
-def rows_sum5(src: U8, dst: npt.NDArray[np.uint16]) -> None:
-    h, w = src.shape
-    for y in range(h):
-        s = src[y]
-        d = dst[y]
-        for x in range(w - 4):
-            d[x + 2] = (
-                np.uint16(s[x])
-                + np.uint16(s[x + 1])
-                + np.uint16(s[x + 2])
-                + np.uint16(s[x + 3])
-                + np.uint16(s[x + 4])
-            )
-        for x in range(min(w, 2)):
-            for e in (x, w - 1 - x):
-                v = np.uint16(0)
-                for k in range(e - 2, e + 3):
-                    v += np.uint16(s[reflect101(k, w)])
-                d[e] = v
+def _rows_taps5(k0: int, k1: int, k2: int) -> Callable[[U8, npt.NDArray[np.uint16]], None]:
+    """A filter summing each pixel's row window of 5 with the weights k0 k1 k2 k1 k0 (16-bit:
+    the weights' sum times 255 must fit), mirrored at the row's ends as BORDER_REFLECT_101."""
+    w0, w1, w2 = np.uint16(k0), np.uint16(k1), np.uint16(k2)
+
+    @inlined
+    def taps(src: U8, dst: npt.NDArray[np.uint16]) -> None:
+        h, w = src.shape
+        for y in range(h):
+            s = src[y]
+            d = dst[y]
+            for x in range(w - 4):
+                d[x + 2] = (
+                    w0 * (np.uint16(s[x]) + np.uint16(s[x + 4]))
+                    + w1 * (np.uint16(s[x + 1]) + np.uint16(s[x + 3]))
+                    + w2 * np.uint16(s[x + 2])
+                )
+            for x in range(min(w, 2)):  # the two pixels at each end (they may overlap)
+                for e in (x, w - 1 - x):
+                    outer = np.uint16(s[reflect101(e - 2, w)]) + np.uint16(s[reflect101(e + 2, w)])
+                    inner = np.uint16(s[reflect101(e - 1, w)]) + np.uint16(s[reflect101(e + 1, w)])
+                    d[e] = w0 * outer + w1 * inner + w2 * np.uint16(s[e])
+
+    return taps
+
+
+#: the 5-pixel row sum (of a 5x5 box mean) and the row pass of OpenCV's 5x5 Gaussian (1 4 6 4 1)
+rows_sum5 = _rows_taps5(1, 1, 1)
+rows_gauss5 = _rows_taps5(1, 4, 6)

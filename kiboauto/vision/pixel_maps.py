@@ -20,7 +20,7 @@ import numpy.typing as npt
 from .filters import (
     cols_max3,
     cols_min3,
-    reflect101,
+    rows_around5,
     rows_max3,
     rows_min3,
     rows_or5,
@@ -120,11 +120,7 @@ def _maps(
     # of 25 levels never ends in .5 when divided by 25)
     rows_sum5(flat, sums)
     for y in range(h):
-        a0 = sums[reflect101(y - 2, h)]
-        a1 = sums[reflect101(y - 1, h)]
-        a2 = sums[y]
-        a3 = sums[reflect101(y + 1, h)]
-        a4 = sums[reflect101(y + 2, h)]
+        a0, a1, a2, a3, a4 = rows_around5(sums, y)
         f, d = flat[y], fine[y]
         for x in range(w):
             # the 5x5 sum plus 12 is at most 6387, where t * 167773 >> 22 == t // 25 (a

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .filters import reflect101
+from .filters import rows_around5, rows_gauss5
 from .jit import compiled, inlined
 
 __all__ = ["find_well", "fit_circle", "well_reference"]
@@ -133,31 +133,11 @@ def _smooth_and_level(
 ) -> tuple[npt.NDArray[np.uint8], int]:
     h, w = img.shape
     across = np.empty((h, w), np.uint16)  # the row pass: at most 16 x 255
-    for y in range(h):
-        s = img[y]
-        d = across[y]
-        for x in range(w - 4):
-            d[x + 2] = (
-                np.uint16(s[x])
-                + np.uint16(4) * (np.uint16(s[x + 1]) + np.uint16(s[x + 3]))
-                + np.uint16(6) * np.uint16(s[x + 2])
-                + np.uint16(s[x + 4])
-            )
-        for x in range(min(w, 2)):  # the two pixels at each end, mirrored
-            for e in (x, w - 1 - x):
-                v = np.uint16(0)
-                for k in range(5):
-                    wk = np.uint16(6 if k == 2 else (4 if k % 2 == 1 else 1))
-                    v += wk * np.uint16(s[reflect101(e + k - 2, w)])
-                d[e] = v
+    rows_gauss5(img, across)
     smooth = np.empty((h, w), np.uint8)
     hist = np.zeros(256, np.int64)
     for y in range(h):
-        a0 = across[reflect101(y - 2, h)]
-        a1 = across[reflect101(y - 1, h)]
-        a2 = across[y]
-        a3 = across[reflect101(y + 1, h)]
-        a4 = across[reflect101(y + 2, h)]
+        a0, a1, a2, a3, a4 = rows_around5(across, y)
         d = smooth[y]
         for x in range(w):
             # at most 16 x 16 x 255 + 128 = 65408: the sum fits 16 bits
