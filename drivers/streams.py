@@ -124,6 +124,8 @@ class ByteInbox:
 class _PipeEnd:
     """One end of a :class:`MemoryPipe`."""
 
+    in_process = True  # no kernel between the ends: virtual time may jump while bytes wait
+
     def __init__(self, label: str) -> None:
         self.label = label
         self.inbox = ByteInbox()

@@ -7,13 +7,22 @@ every byte in and out to a :class:`~kiboauto.drivers.trace.ByteTrace`.
 
 Drivers supply a *frame parser*: ``parse(buffer) -> (reply, consumed) | None``. It returns ``None``
 while the reply is incomplete and raises :class:`BadFrame` when the bytes cannot be a valid reply.
+
+Replies are matched to requests. A device answers in order, so the only way a reply can be taken for
+another request's is a reply that arrives after its request timed out. After any timeout or bad
+frame the line is *out of step*: before the next request the transport discards what is waiting,
+then (when the driver gave one with :meth:`SerialTransport.set_resync`) sends the driver's
+synchronisation query and throws away every frame until the one answer that can only belong to it.
+Only then does the next request go out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 from kiboauto.clock import Clock, RealClock
@@ -22,9 +31,10 @@ from kiboauto.devices import DeviceDisconnected, DeviceError, DeviceTimeout, Fra
 from .streams import ByteStream, Connector
 from .trace import ByteTrace
 
-__all__ = ["BadFrame", "FrameParser", "SerialTransport"]
+__all__ = ["BadFrame", "FrameParser", "Resync", "SerialTransport"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class BadFrame(Exception):
@@ -32,6 +42,21 @@ class BadFrame(Exception):
 
 
 FrameParser = Callable[[bytes], "tuple[T, int] | None"]
+
+
+@dataclass(frozen=True)
+class Resync:
+    """A driver's way back into step after a timeout: a query and how to recognise its answer.
+
+    ``parse(buffer)`` returns ``(True, used)`` for the answer to ``payload``, ``(False, used)``
+    for any other complete frame (a late reply: discarded), ``None`` while incomplete; it raises
+    :class:`BadFrame` for bytes that are no frame (discarded too). Choose a query whose answer no
+    other request can produce (a firmware string, a read of an unusual register count).
+    """
+
+    payload: bytes
+    parse: Callable[[bytes], tuple[bool, int] | None]
+    what: str = "resync"
 
 
 class SerialTransport:
@@ -74,6 +99,14 @@ class SerialTransport:
         self._timeouts_in_a_row = 0
         self._owned = False
         self.reconnects = 0
+        self._resync: Resync | None = None
+        self.out_of_step = False
+        self.resyncs = 0
+        self.late_frames = 0
+
+    def set_resync(self, resync: Resync | None) -> None:
+        """Give the driver's synchronisation query (see :class:`Resync`)."""
+        self._resync = resync
 
     # -- line lifecycle --------------------------------------------------------------------------
     @property
@@ -230,34 +263,110 @@ class SerialTransport:
             self._note(f"{self._timeouts_in_a_row} timeouts in a row: reopening the line")
             self._timeouts_in_a_row = 0
             await self.reconnect()
-        if self._buffer:
-            self._note(f"discarding {len(self._buffer)} stale bytes: {bytes(self._buffer).hex()}")
-            self._buffer.clear()
         stream = self._stream
         assert stream is not None
-        self.trace.record(self.clock.wall(), self.name, "tx", payload)
+        with self.clock.real_io(not getattr(stream, "in_process", False)):
+            if self.out_of_step:
+                await self._get_in_step(stream, timeout)
+            if self._buffer:
+                self._note(
+                    f"discarding {len(self._buffer)} stale bytes: {bytes(self._buffer).hex()}"
+                )
+                self._buffer.clear()
+            self.trace.record(self.clock.wall(), self.name, "tx", payload)
+            log.debug("%s tx %r", self.name, payload)
+            try:
+                await stream.write(payload)
+            except (OSError, ConnectionError) as e:
+                self._eof = True
+                self._note(f"write failed: {e!r}")
+                raise DeviceDisconnected(self.name, f"write to {self.port} failed: {e}") from e
+            try:
+                async with self.clock.timeout(timeout):
+                    reply = await self._collect(parse, label)
+            except TimeoutError:
+                self._timeouts_in_a_row += 1
+                self.out_of_step = True
+                got = bytes(self._buffer)
+                self._buffer.clear()
+                self._note(f"timeout after {timeout:g} s waiting for reply to {label!r}")
+                detail = (
+                    f" (got {len(got)} bytes of an incomplete reply: {got.hex(' ')})" if got else ""
+                )
+                raise DeviceTimeout(
+                    self.name, f"no reply to {label!r} within {timeout:g} s{detail}"
+                ) from None
+            except FramingError:
+                self.out_of_step = True
+                raise
+        self._timeouts_in_a_row = 0
+        log.debug("%s rx %r for %s", self.name, reply, label)
+        return reply
+
+    async def _get_in_step(self, stream: ByteStream, timeout: float) -> None:
+        """Throw away late replies until the line is known to be in step again.
+
+        Raises :class:`DeviceTimeout` (and stays out of step) when the device does not answer the
+        synchronisation query: the caller's request is then not sent at all.
+        """
+        quiet = min(0.05, timeout / 4)
+        # Whatever is on its way now is somebody's late reply: let it arrive, then drop it.
+        while True:
+            self._data.clear()
+            try:
+                async with self.clock.timeout(quiet):
+                    await self._data.wait()
+            except TimeoutError:
+                break
+            if self._eof:
+                break
+        if self._buffer:
+            self.late_frames += 1
+            self._note(f"out of step: discarding {len(self._buffer)} late bytes")
+            self._buffer.clear()
+        resync = self._resync
+        if resync is None:
+            self.out_of_step = False
+            return
+        self.trace.record(self.clock.wall(), self.name, "tx", resync.payload)
         try:
-            await stream.write(payload)
+            await stream.write(resync.payload)
         except (OSError, ConnectionError) as e:
             self._eof = True
-            self._note(f"write failed: {e!r}")
             raise DeviceDisconnected(self.name, f"write to {self.port} failed: {e}") from e
         try:
             async with self.clock.timeout(timeout):
-                reply = await self._collect(parse, label)
+                while True:
+                    if self._buffer:
+                        data = bytes(self._buffer)
+                        try:
+                            parsed = resync.parse(data)
+                        except BadFrame as e:
+                            self._note(f"resync: discarding {len(data)} bytes ({e})")
+                            self._buffer.clear()
+                            parsed = None
+                        if parsed is not None:
+                            matched, used = parsed
+                            del self._buffer[: max(used, 1)]
+                            if matched:
+                                break
+                            self.late_frames += 1
+                            self._note("resync: a late reply discarded")
+                            continue
+                    if self._eof:
+                        raise DeviceDisconnected(self.name, "line hung up while resynchronising")
+                    self._data.clear()
+                    await self._data.wait()
         except TimeoutError:
             self._timeouts_in_a_row += 1
-            got = bytes(self._buffer)
             self._buffer.clear()
-            self._note(f"timeout after {timeout:g} s waiting for reply to {label!r}")
-            detail = (
-                f" (got {len(got)} bytes of an incomplete reply: {got.hex(' ')})" if got else ""
-            )
             raise DeviceTimeout(
-                self.name, f"no reply to {label!r} within {timeout:g} s{detail}"
+                self.name, f"line out of step and no answer to {resync.what!r} within {timeout:g} s"
             ) from None
-        self._timeouts_in_a_row = 0
-        return reply
+        self._buffer.clear()
+        self.out_of_step = False
+        self.resyncs += 1
+        self._note("back in step")
 
     async def _collect(self, parse: Callable[[bytes], tuple[T, int] | None], label: str) -> T:
         while True:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import selectors
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
@@ -63,6 +63,14 @@ class Clock(Protocol):
 
     async def wait_for(self, aw: Awaitable[T], seconds: float | None) -> T:
         """Await ``aw`` within ``seconds`` of protocol time (``TimeoutError`` when spent)."""
+        ...
+
+    def real_io(self, active: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Mark a stretch during which real I/O (a port, a socket, a worker thread) is pending.
+
+        Real and scaled clocks need nothing; a :class:`VirtualClock` does not jump while it is
+        held, it follows real time instead, so a reply travelling through the kernel is waited for.
+        """
         ...
 
 
@@ -109,6 +117,9 @@ class _LoopClock:
     async def wait_for(self, aw: Awaitable[T], seconds: float | None) -> T:
         limit = None if seconds is None else self._to_loop_seconds(seconds)
         return await asyncio.wait_for(aw, limit)
+
+    def real_io(self, active: bool = True) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 class RealClock(_LoopClock):
@@ -163,6 +174,12 @@ class _AutojumpSelector(selectors.BaseSelector):
         if timeout is None:
             # Nothing scheduled at all: only outside events (another thread, a signal) can wake us.
             return self._inner.select(None)
+        if self._clock.real_io_pending:
+            # Real I/O in flight: no jump. Wait for it in real time and let virtual time follow.
+            started = time.monotonic()
+            ready = self._inner.select(timeout)
+            self._clock._advance(min(timeout, time.monotonic() - started))
+            return ready
         self._clock._advance(timeout)
         return []
 
@@ -184,15 +201,34 @@ class VirtualClock:
     still while any task is runnable; when every task is waiting, the clock jumps to the next
     timer. Use :meth:`run` as you would ``asyncio.run``.
 
-    Real file descriptors still work on this loop, but a jump does not wait for a byte that is still
-    travelling through the kernel: wire devices to drivers in-process (memory pipes) when running
-    under virtual time, and use :class:`RealClock` or :class:`ScaledClock` for ptys and sockets.
+    Time never jumps while real I/O is pending: a driver's exchange over a real port or socket
+    (:meth:`real_io`) and any work in the loop's executor (a port opened in a worker thread) hold
+    the clock, which then follows real time until the I/O is done. Wire devices to drivers
+    in-process (memory pipes) to keep a run fully virtual.
     """
 
     def __init__(self, start: float = 0.0, *, wall_origin: float = 1_800_000_000.0) -> None:
         self._now = float(start)
         self._wall_origin = wall_origin
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._real_io = 0
+
+    @property
+    def real_io_pending(self) -> bool:
+        """True while real I/O holds the clock (see :meth:`real_io`)."""
+        return self._real_io > 0
+
+    @contextlib.contextmanager
+    def real_io(self, active: bool = True) -> Iterator[None]:
+        """Hold the clock (no jumps; it follows real time) while the block runs."""
+        if not active:
+            yield
+            return
+        self._real_io += 1
+        try:
+            yield
+        finally:
+            self._real_io -= 1
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now:g})"
@@ -216,6 +252,20 @@ class VirtualClock:
         selector = _AutojumpSelector(selectors.DefaultSelector(), self)
         loop = asyncio.SelectorEventLoop(selector)
         loop.time = self.now  # type: ignore[method-assign]
+        plain_run_in_executor = loop.run_in_executor
+
+        def run_in_executor(executor: Any, func: Callable[..., T], *args: Any) -> Any:
+            # Work in a thread is real I/O: hold the clock until it is done.
+            future = plain_run_in_executor(executor, func, *args)
+            self._real_io += 1
+
+            def release(_: Any) -> None:
+                self._real_io -= 1
+
+            future.add_done_callback(release)
+            return future
+
+        loop.run_in_executor = run_in_executor  # type: ignore[method-assign,assignment]
         # Timers due within the resolution run together; keep it tiny so order is exact.
         loop._clock_resolution = 1e-9  # type: ignore[attr-defined]
         self._loop = loop
