@@ -80,6 +80,7 @@ class SerialTransport:
         reconnect_attempts: int = 3,
         reconnect_delay: float = 0.2,
         reopen_after_timeouts: int = 2,
+        resync_patience: float = 3.0,
     ) -> None:
         self.name = name
         self.port = port or name
@@ -100,6 +101,7 @@ class SerialTransport:
         self._owned = False
         self.reconnects = 0
         self._resync: Resync | None = None
+        self.resync_patience = resync_patience
         self.out_of_step = False
         self.resyncs = 0
         self.late_frames = 0
@@ -334,8 +336,11 @@ class SerialTransport:
         except (OSError, ConnectionError) as e:
             self._eof = True
             raise DeviceDisconnected(self.name, f"write to {self.port} failed: {e}") from e
+        # A device answers in order: the sync's answer comes after every late reply, so it is
+        # given a few request timeouts to arrive.
+        budget = timeout * self.resync_patience
         try:
-            async with self.clock.timeout(timeout):
+            async with self.clock.timeout(budget):
                 while True:
                     if self._buffer:
                         data = bytes(self._buffer)
@@ -361,7 +366,7 @@ class SerialTransport:
             self._timeouts_in_a_row += 1
             self._buffer.clear()
             raise DeviceTimeout(
-                self.name, f"line out of step and no answer to {resync.what!r} within {timeout:g} s"
+                self.name, f"line out of step and no answer to {resync.what!r} within {budget:g} s"
             ) from None
         self._buffer.clear()
         self.out_of_step = False
