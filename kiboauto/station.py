@@ -39,6 +39,7 @@ from kiboauto.drivers.transport import SerialTransport
 __all__ = [
     "DRIVERS",
     "OpenStation",
+    "PowerDraw",
     "StationDevice",
     "StationFile",
     "default_station",
@@ -68,6 +69,15 @@ class SimSettings(BaseModel):
     faults: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class PowerDraw(BaseModel):
+    """Electrical power a device draws, by state, in watts: what an engine budgets with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idle: float = Field(ge=0, allow_inf_nan=False)
+    active: float = Field(ge=0, allow_inf_nan=False)
+
+
 class StationDevice(BaseModel):
     """One device of a station: the driver, the line, and settings."""
 
@@ -78,6 +88,7 @@ class StationDevice(BaseModel):
     baudrate: int | None = Field(default=None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
     sim: SimSettings = Field(default_factory=SimSettings)
+    power_w: PowerDraw | None = None
 
     @field_validator("driver")
     @classmethod

@@ -82,3 +82,26 @@ def test_station_from_hil_serve_line() -> None:
     assert station.devices["pump1"].options == {"address": 3}
     assert station.devices["inc"].options == {"unit": 2}
     assert station.devices["cam"].driver == "opencv"
+
+
+@pytest.mark.req("KA-DEV-007")
+def test_station_power_draw_by_state(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "devices:\n  pump1:\n    driver: newera\n    port: sim\n"
+        "    power_w: {idle: 0.5, active: 6}\n",
+        encoding="utf-8",
+    )
+    draw = load_station(good).devices["pump1"].power_w
+    assert draw is not None
+    assert (draw.idle, draw.active) == (0.5, 6.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "devices:\n  pump1:\n    driver: newera\n    port: sim\n"
+        "    power_w: {idle: -1, active: .inf}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_station(bad)
+    assert "bad.yaml:5" in str(info.value)
+    assert "power_w" in str(info.value)
