@@ -1,18 +1,43 @@
-"""Reading drop images from files, with clear errors for files that are not usable images."""
+"""Reading drop images from files, with clear errors for files that are not usable images.
+
+Limits (see docs/vision.md, "Limits"): a file's width and height are read from its header
+(:func:`image_dimensions`) and refused before decoding when they exceed ``max_pixels``; float
+images must be finite and are scaled to 8 bit from a declared range (or from [0, 1]).
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SUPPORTED_SUFFIXES", "ImageError", "check_image", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SUPPORTED_SUFFIXES",
+    "ImageError",
+    "check_dimensions",
+    "check_float_range",
+    "check_image",
+    "image_dimensions",
+    "image_format",
+    "load_image",
+]
 
 #: file types :func:`load_image` reads
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+#: default limit on width x height of a file :func:`load_image` decodes (50 megapixels)
+DEFAULT_MAX_PIXELS = 50_000_000
+
+#: the most bytes one pixel of a supported file can take uncompressed (4 channels x float32);
+#: a file larger than ``max_pixels`` times this (plus room for metadata) is refused unread
+_MAX_BYTES_PER_PIXEL = 16
+_METADATA_ROOM = 16 * 2**20
 
 Image = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
 
@@ -26,11 +51,249 @@ class ImageError(ValueError):
         super().__init__(reason if path is None else f"{path}: {reason}")
 
 
-def check_image(image: object, path: str | os.PathLike[str] | None = None) -> Image:
+# ---------------------------------------------------------------------------------------------
+# header sizes
+# ---------------------------------------------------------------------------------------------
+_JPEG_SOF = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+_JPEG_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xDA)})  # TEM, RSTn, SOI, EOI
+
+
+def image_format(data: bytes) -> str:
+    """The image format the first bytes announce (``png``, ``jpeg``, ``tiff``, ...) or ``""``."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpeg"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if data.startswith(b"BM"):
+        return "bmp"
+    if data[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"PF", b"Pf"):
+        return "pnm"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if data.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or data.startswith(b"\xff\x4f\xff\x51"):
+        return "jpeg2000"
+    return ""
+
+
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` read from the header of an encoded image, without decoding it.
+
+    Knows PNG, JPEG, TIFF (classic and BigTIFF, first page), BMP, PNM/PAM/PFM, WebP, GIF and
+    JPEG 2000. Returns ``None`` for another format or a header that cannot be read (truncated,
+    damaged): callers refuse such data rather than hand it to a decoder unchecked.
+    """
+    try:
+        size = _dimensions(data, image_format(data))
+    except (struct.error, ValueError, IndexError):
+        return None
+    if size is None or size[0] <= 0 or size[1] <= 0:
+        return None
+    return size
+
+
+def _dimensions(data: bytes, fmt: str) -> tuple[int, int] | None:
+    if fmt == "png":
+        if data[12:16] != b"IHDR":
+            return None
+        w, h = struct.unpack(">II", data[16:24])
+        return int(w), int(h)
+    if fmt == "jpeg":
+        return _jpeg_dimensions(data)
+    if fmt == "tiff":
+        return _tiff_dimensions(data)
+    if fmt == "bmp":
+        (dib,) = struct.unpack("<I", data[14:18])
+        if dib == 12:
+            w, h = struct.unpack("<HH", data[18:22])
+        else:
+            w, h = struct.unpack("<ii", data[18:26])
+        return abs(int(w)), abs(int(h))
+    if fmt == "pnm":
+        return _pnm_dimensions(data)
+    if fmt == "webp":
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            w = int.from_bytes(data[24:27], "little") + 1
+            h = int.from_bytes(data[27:30], "little") + 1
+            return w, h
+        if chunk == b"VP8L":
+            (bits,) = struct.unpack("<I", data[21:25])
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 ":
+            w, h = struct.unpack("<HH", data[26:30])
+            return int(w) & 0x3FFF, int(h) & 0x3FFF
+        return None
+    if fmt == "gif":
+        w, h = struct.unpack("<HH", data[6:10])
+        return int(w), int(h)
+    if fmt == "jpeg2000":
+        if data.startswith(b"\xff\x4f\xff\x51"):
+            xs, ys, xo, yo = struct.unpack(">IIII", data[8:24])
+            return int(xs) - int(xo), int(ys) - int(yo)
+        at = data.find(b"ihdr", 0, 4096)
+        if at < 0:
+            return None
+        h, w = struct.unpack(">II", data[at + 4 : at + 12])
+        return int(w), int(h)
+    return None
+
+
+def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    n = len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            return None
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        (length,) = struct.unpack(">H", data[i : i + 2])
+        if marker in _JPEG_SOF:
+            h, w = struct.unpack(">HH", data[i + 3 : i + 7])
+            return int(w), int(h)
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        i += int(length)
+    return None
+
+
+def _tiff_dimensions(data: bytes) -> tuple[int, int] | None:
+    order = "<" if data[:2] == b"II" else ">"
+    (magic,) = struct.unpack(order + "H", data[2:4])
+    big = magic == 43
+    if big:
+        (ifd,) = struct.unpack(order + "Q", data[8:16])
+        (count,) = struct.unpack(order + "Q", data[ifd : ifd + 8])
+        pos, entry, field = ifd + 8, 20, 12
+    else:
+        (ifd,) = struct.unpack(order + "I", data[4:8])
+        (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+        pos, entry, field = ifd + 2, 12, 8
+    formats = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+    found: dict[int, int] = {}
+    for k in range(min(int(count), 4096)):
+        at = pos + k * entry
+        tag, kind = struct.unpack(order + "HH", data[at : at + 4])
+        if tag in (256, 257) and kind in formats:
+            value_at = at + 4 + field // 2 if not big else at + 12
+            (found[tag],) = struct.unpack(
+                order + formats[kind], data[value_at : value_at + struct.calcsize(formats[kind])]
+            )
+    if 256 in found and 257 in found:
+        return int(found[256]), int(found[257])
+    return None
+
+
+def _pnm_dimensions(data: bytes) -> tuple[int, int] | None:
+    head = data[:4096]
+    if head[:2] == b"P7":  # PAM: WIDTH / HEIGHT lines
+        fields: dict[bytes, int] = {}
+        for line in head.split(b"\n")[1:]:
+            parts = line.split()
+            if parts and parts[0] == b"ENDHDR":
+                break
+            if len(parts) == 2 and parts[0] in (b"WIDTH", b"HEIGHT"):
+                fields[parts[0]] = int(parts[1])
+        if b"WIDTH" in fields and b"HEIGHT" in fields:
+            return fields[b"WIDTH"], fields[b"HEIGHT"]
+        return None
+    tokens: list[int] = []
+    for line in head[2:].split(b"\n"):
+        for token in line.split(b"#", 1)[0].split():
+            tokens.append(int(token))
+            if len(tokens) == 2:
+                return tokens[0], tokens[1]
+    return None
+
+
+def check_dimensions(
+    data: bytes, max_pixels: int, path: str | os.PathLike[str] | None = None
+) -> tuple[int, int]:
+    """Width and height from the header of ``data``; :class:`ImageError` if they cannot be read
+    or if width x height exceeds ``max_pixels`` (checked before any decoding)."""
+    size = image_dimensions(data)
+    if size is None:
+        fmt = image_format(data)
+        what = f"{fmt.upper()} header" if fmt else "image format (not PNG, JPEG or TIFF data)"
+        raise ImageError(f"corrupt or unreadable image data: unrecognised {what}", path)
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit "
+            f"of {max_pixels / 1e6:g} megapixels (raise it with --max-megapixels / max_pixels)",
+            path,
+        )
+    return size
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel types
+# ---------------------------------------------------------------------------------------------
+def _float_to_uint8(
+    arr: npt.NDArray[np.floating], path: str | os.PathLike[str] | None,
+    float_range: tuple[float, float] | None,
+) -> npt.NDArray[np.uint8]:  # fmt: skip
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int(arr.size - np.count_nonzero(finite))
+        raise ImageError(
+            f"float image contains {bad} NaN or infinite value(s); refusing to classify it", path
+        )
+    lo_seen, hi_seen = float(arr.min()), float(arr.max())
+    if float_range is None:
+        lo, hi = 0.0, 1.0
+        if lo_seen < lo or hi_seen > hi:
+            raise ImageError(
+                f"float image values span {lo_seen:g}..{hi_seen:g}, not 0..1: declare the range "
+                "they come from (--float-range LO:HI, or float_range=(lo, hi))",
+                path,
+            )
+    else:
+        lo, hi = float_range
+        if lo_seen < lo or hi_seen > hi:
+            raise ImageError(
+                f"float image values span {lo_seen:g}..{hi_seen:g}, outside the declared "
+                f"range {lo:g}..{hi:g}",
+                path,
+            )
+    scaled = (arr.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo)) + 0.5
+    out: npt.NDArray[np.uint8] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return out
+
+
+def check_float_range(float_range: tuple[float, float] | None) -> None:
+    """Raise :class:`ValueError` unless ``float_range`` is ``None`` or a finite ``(lo, hi)``
+    with ``lo < hi``."""
+    if float_range is None:
+        return
+    lo, hi = float_range
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"float range must be two finite numbers LO < HI, got {lo!r}:{hi!r}")
+
+
+def check_image(
+    image: object,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    float_range: tuple[float, float] | None = None,
+) -> Image:
     """Return ``image`` as a usable array (2-D grey or 3-D BGR/BGRA, uint8 or uint16).
 
-    Float images in [0, 1] are accepted and scaled to uint8; anything else raises
-    :class:`ImageError`.
+    Float images must be finite (NaN or +/-inf raise :class:`ImageError`); they are scaled to
+    uint8 from ``float_range`` ``(lo, hi)`` or, without one, accepted only if every value lies in
+    [0, 1]. Values outside the range raise :class:`ImageError` (never clipped silently). Anything
+    else unsupported raises :class:`ImageError` too.
     """
     if not isinstance(image, np.ndarray):
         raise ImageError(f"expected a numpy array, got {type(image).__name__}", path)
@@ -44,19 +307,29 @@ def check_image(image: object, path: str | os.PathLike[str] | None = None) -> Im
     if arr.dtype == np.uint8 or arr.dtype == np.uint16:
         return arr
     if arr.dtype.kind == "f":
-        scaled = np.clip(np.nan_to_num(arr.astype(np.float32)) * 255.0 + 0.5, 0, 255)
-        out: npt.NDArray[np.uint8] = scaled.astype(np.uint8)
-        return out
+        check_float_range(float_range)
+        return _float_to_uint8(arr, path, float_range)
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
     raise ImageError(f"unsupported pixel type {arr.dtype}", path)
 
 
-def load_image(path: str | os.PathLike[str]) -> Image:
-    """Read a PNG, JPEG or TIFF file (8 or 16 bit, grey or colour) as a numpy array.
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
+def load_image(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    float_range: tuple[float, float] | None = None,
+) -> Image:
+    """Read a PNG, JPEG or TIFF file (8 or 16 bit, grey or colour; float TIFF) as a numpy array.
 
-    Colour comes back as BGR (OpenCV's order). Raises :class:`ImageError` naming the file for a
-    missing, empty, corrupt or unsupported file.
+    Colour comes back as BGR (OpenCV's order). The width and height are read from the file's
+    header first, and a file over ``max_pixels`` (width x height) is refused before it is
+    decoded. Float images: see :func:`check_image` (``float_range``). Raises
+    :class:`ImageError` naming the file for a missing, empty, corrupt, oversized or unsupported
+    file.
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -65,14 +338,35 @@ def load_image(path: str | os.PathLike[str]) -> Image:
             f"unsupported file type {suffix or '(none)'!r}; use {', '.join(SUPPORTED_SUFFIXES)}",
             path,
         )
+    if not max_pixels > 0:
+        raise ValueError(f"max_pixels must be > 0, got {max_pixels!r}")
+    check_float_range(float_range)
+    max_bytes = int(max_pixels) * _MAX_BYTES_PER_PIXEL + _METADATA_ROOM
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise ImageError(
+                    f"file is {size} bytes, more than any image within the limit of "
+                    f"{max_pixels / 1e6:g} megapixels can take ({max_bytes} bytes)",
+                    path,
+                )
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise ImageError("no such file", path) from None
+    except IsADirectoryError:
+        raise ImageError("is a directory", path) from None
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}", path) from None
     if not data:
         raise ImageError("empty file", path)
+    if len(data) > max_bytes:
+        raise ImageError(f"file grew past {max_bytes} bytes while being read", path)
+    if image_format(data) not in ("png", "jpeg", "tiff"):
+        raise ImageError(
+            f"corrupt or unreadable {suffix[1:].upper()} data (not PNG, JPEG or TIFF)", path
+        )
+    check_dimensions(data, max_pixels, path)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -80,4 +374,4 @@ def load_image(path: str | os.PathLike[str]) -> Image:
         raise ImageError(f"corrupt or unreadable image data ({exc.msg or exc})", path) from None
     if image is None:
         raise ImageError(f"corrupt or unreadable {suffix[1:].upper()} data", path)
-    return check_image(image, path)
+    return check_image(image, path, float_range=float_range)
