@@ -56,7 +56,11 @@ from kiboauto.devices import (
     DeviceInfo,
     DeviceTimeout,
     FramingError,
+    Reading,
+    ReadingDescription,
+    Severity,
 )
+from kiboauto.units import Q_
 from kiboauto.vision.io import image_dimensions, image_format
 
 __all__ = [
@@ -195,6 +199,8 @@ class OpenCVCamera:
         self._stale = False  # a timed-out call may have left the capture in an unknown state
         self._connected = False
         self.frames = 0  # frames delivered since connect()
+        self.last_error = ""
+        self.last_capture_wall = 0.0
         self.backend = ""
         self.frame_size: tuple[int, int] = (0, 0)  # (width, height) as the source reports it
         self.fps = 0.0
@@ -536,9 +542,34 @@ class OpenCVCamera:
         async with self._lock:
             if not self._connected:
                 raise DeviceDisconnected(self.name, "not connected (call connect() first)")
-            frame = await self._call(self._capture_blocking, "capture")
+            try:
+                frame = await self._call(self._capture_blocking, "capture")
+            except DeviceError as e:
+                self.last_error = e.message
+                raise
             self.frames += 1
+            self.last_error = ""
+            self.last_capture_wall = self.clock.wall()
             return self._shape(frame)
+
+    async def read(self) -> dict[str, Reading]:
+        """Frames delivered since connect, the last frame's time and the last capture error."""
+        now = self.clock.wall()
+        severity = Severity.MAJOR if self.last_error else Severity.OK
+        return {
+            "frames": Reading(Q_(self.frames, "dimensionless"), now, severity, self.last_error),
+            "last_capture": Reading(
+                Q_(self.last_capture_wall, "s"), now, severity, "Unix time of the last frame"
+            ),
+            "connected": Reading(self._connected, now),
+        }
+
+    def describe(self) -> dict[str, ReadingDescription]:
+        return {
+            "frames": ReadingDescription("", None, "frames delivered since connect()"),
+            "last_capture": ReadingDescription("s", None, "wall time of the last frame (0: none)"),
+            "connected": ReadingDescription("", None, "the source is open"),
+        }
 
     async def identify(self) -> DeviceInfo:
         width, height = self.frame_size

@@ -23,6 +23,7 @@ from .transport import BadFrame
 
 __all__ = [
     "ALARMS",
+    "COUNTER_LIMIT",
     "CR",
     "ERRORS",
     "ETX",
@@ -37,6 +38,7 @@ __all__ = [
     "Reply",
     "crc16_xmodem",
     "decode_reply_data",
+    "display_resolution",
     "encode_basic_command",
     "encode_basic_reply",
     "encode_reply_data",
@@ -48,6 +50,7 @@ __all__ = [
     "parse_number",
     "parse_safe_frame",
     "parse_safe_reply",
+    "strict_number",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +104,9 @@ MAX_REPLY: Final = 64
 MIN_SAFE_LENGTH: Final = 4
 MAX_SAFE_LENGTH: Final = 255
 
+#: the largest number a 4-digit display shows: a ``DIS`` counter stops here (saturates)
+COUNTER_LIMIT: Final = 9999.0
+
 _ADDRESS_RE = re.compile(r"[0-9]{2}")
 _NUMBER_RE = re.compile(r"([0-9]*)(?:\.([0-9]*))?")
 
@@ -153,6 +159,31 @@ def parse_number(text: str) -> float | None:
     if m is None or not (m.group(1) or m.group(2)):
         return None
     return float(text)
+
+
+def strict_number(text: str, *, low: float = 0.0, high: float = COUNTER_LIMIT) -> float:
+    """A number in a reply, checked: digits with at most one point, at most 4 digits of which
+    at most 3 after the point, and ``low <= value <= high``.
+
+    Raises :class:`BadFrame` otherwise (``"1.2.3"``, ``"."``, ``"-1"``, ``"12345"``), so a frame
+    parser that calls it turns a malformed number into a framing error.
+    """
+    value = parse_number(text)
+    if value is None or not number_fits(text):
+        raise BadFrame(f"{text!r} is not a pump number")
+    if not low <= value <= high:
+        raise BadFrame(f"{text!r} is outside {low:g}..{high:g}")
+    return value
+
+
+def display_resolution(value: float) -> float:
+    """One count of the last digit when the pump writes ``value`` in 4 digits (in its unit).
+
+    ``0.125`` and ``9.999`` -> 0.001, ``12.34`` -> 0.01, ``123.4`` -> 0.1, ``1234`` -> 1.
+    """
+    text = format_number(min(max(0.0, value), COUNTER_LIMIT))
+    _, _, frac = text.partition(".")
+    return 10.0 ** (-len(frac))
 
 
 def number_fits(text: str) -> bool:

@@ -298,7 +298,9 @@ class SerialTransport:
                 raise DeviceTimeout(
                     self.name, f"no reply to {label!r} within {timeout:g} s{detail}"
                 ) from None
-            except FramingError:
+            except (FramingError, asyncio.CancelledError):
+                # A bad frame, or a caller that gave up after the request went out: its reply
+                # may still come, so the line is out of step until proven otherwise.
                 self.out_of_step = True
                 raise
         self._timeouts_in_a_row = 0

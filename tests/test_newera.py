@@ -336,13 +336,14 @@ def test_dispense_100_ul_at_10_ul_per_min_takes_ten_minutes() -> None:
         result = await action
         elapsed = clock.now() - t0
         assert elapsed == pytest.approx(600, abs=1)
-        assert result.m_as("uL") == pytest.approx(100, abs=1)
+        assert result.delivered_ul == pytest.approx(100, abs=0.1)  # a PumpResult
+        assert result.target_ul == 100 and result.marker.kind == "dispense"
         assert sim.infused_ul == pytest.approx(100)
         assert sim.contents_ul == pytest.approx(10_000 - 100)
         assert sim.state == "S" and not await pump.is_moving()
         # withdraw back
         back = await pump.withdraw("0.05 mL", "600 uL/h")
-        assert back.m_as("uL") == pytest.approx(50, abs=1)
+        assert back.delivered.m_as("uL") == pytest.approx(50, abs=0.1)
         assert sim.withdrawn_ul == pytest.approx(50)
         await pump.close()
         await sim.aclose()
@@ -401,7 +402,7 @@ def test_long_dispense_runs_in_virtual_time() -> None:
         await pump.connect()
         t0 = clock.now()
         result = await pump.dispense("5 mL", "1 uL/min")
-        assert result.m_as("mL") == pytest.approx(5, abs=0.001)
+        assert result.delivered.m_as("mL") == pytest.approx(5, abs=0.001)
         await pump.close()
         await sim.aclose()
         return clock.now() - t0
