@@ -77,6 +77,22 @@ MAX_READ_WORDS = 8  # the controller answers at most 8 words per read
 MAX_READ_BITS = 16  # and at most 16 bits
 _STATUS_BITS = BIT_SYSTEM_ALARM - BIT_AT_LED + 1  # 0800h..080Eh: lamps, keys, events, alarm
 
+# LED status word (102Ah) bits, as we read the manual (not checked on hardware)
+LED_AL3 = 1 << 0
+LED_AL2 = 1 << 1
+LED_DEGF = 1 << 2
+LED_DEGC = 1 << 3
+LED_AL1 = 1 << 4
+LED_OUT2 = 1 << 5
+LED_OUT1 = 1 << 6
+LED_AT = 1 << 7
+
+# What the registers can hold: temperatures are shown on four digits with one decimal
+# (-199.9 .. 999.9, in tenths), output levels are 0.0 .. 100.0 % (in tenths of a percent).
+TEMP_MIN_TENTHS = -1999
+TEMP_MAX_TENTHS = 9999
+OUTPUT_MAX_TENTHS = 1000
+
 PV_ERRORS: dict[int, str] = {
     0x8002: "initial process: no temperature measured yet",
     0x8003: "temperature sensor not connected",

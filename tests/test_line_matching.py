@@ -22,7 +22,7 @@ from kiboauto.hil.ptyport import PtyPort
 
 
 class Register(Simulator):
-    """A line device with named values: ``get NAME\\r`` answers ``=VALUE\\r``, ``id\\r`` ``#ID\\r``."""
+    """A line device with values: ``get NAME\\r`` answers ``=VALUE\\r``; ``id\\r`` ``#ID\\r``."""
 
     protocol = "register"
 
