@@ -7,11 +7,15 @@ Behaviour model (see docs/protocols/cavro.md):
   ``V``, ramp down to cutoff speed ``c``; a stroke is 6000 pulses;
 * valve: a 3-/4-port valve (``ports`` 3 or 4: I/O/B/E) or a distribution valve (``I<n>``/``O<n>``),
   each move taking a time that grows with the angle turned;
-* "not initialised" until ``Z``/``Y``/``W``; errors as the manual describes them: an unknown
-  command is refused at once (error 2), an operand out of range stops the string there and is
-  reported by the next answers (error 3), a move while moving is ignored (error 15), a plunger
-  move with the valve in bypass is refused (error 11), a blocked line overloads the plunger
-  (error 9, initialise again);
+* "not initialised" until ``Z``/``Y``/``W``; errors in two classes (docs/protocols/cavro.md):
+  *immediate* errors are found before anything runs and reported in the status byte of the
+  answer to the command string itself, which is then not executed at all and leaves no error
+  for ``Q``: 2 invalid command, 3 invalid operand, 11 plunger move not allowed (valve in
+  bypass), 15 command overflow (a command while busy), 7 not initialised and 1/9/10 (a move
+  after an overload, before initialising again). *Execution* errors happen while the string
+  runs and are reported by the following answers until a ``Q`` reads them: 9 plunger overload
+  (a blocked line), and injected alarms. Option ``deferred_errors=True`` reports 3 and 11 the
+  XP 3000 manual's way instead (the string runs up to the bad command; ``Q`` reports it);
 * time comes from the injected clock, lazily: nothing runs between two looks at the line.
 
 The pump accepts both framings on the same line and answers in the framing of the command.
@@ -61,6 +65,8 @@ _VALVE = {"I", "O", "B", "E"}
 _INIT = {"Z", "Y", "W"}
 _ACTIONS = _SETTINGS | _PLUNGER | _VALVE | _INIT | {"M", "z"}
 _REPORT_START = set("Q?&#F")
+_ALARM_NAMES = {"plunger_overload": 9, "overload": 9, "valve_overload": 10, "init": 1}
+_POWER_ALARMS = {"power", "reset", "power_cycle"}
 
 
 @dataclass
@@ -129,6 +135,7 @@ class CavroSim(Simulator):
         resolution: int = 0,
         baudrate: int = 9600,
         blocked: bool = False,
+        deferred_errors: bool = False,
         **options: Any,
     ) -> None:
         if options:
@@ -147,6 +154,7 @@ class CavroSim(Simulator):
         self.ports = ports
         self.baudrate = baudrate
         self.blocked = blocked
+        self.deferred_errors = bool(deferred_errors)
         self.settings = _Settings(resolution=resolution)
         self.counters = _Counters()
         self.initialized = False
@@ -157,7 +165,11 @@ class CavroSim(Simulator):
         self.segments: list[_Segment] = []
         self.loaded: list[tuple[str, int | None]] | None = None
         self.last_program: list[tuple[str, int | None]] = []
-        self._rx = bytearray()
+        # ground truth the host cannot clear: volume through the syringe since power-on, by port
+        self.power_ons = 1
+        self.dispensed_ul = 0.0  # plunger up: out of the syringe
+        self.aspirated_ul = 0.0  # plunger down: into the syringe
+        self.by_port: dict[int, dict[str, float]] = {}
         self._last_sequence: int | None = None
         self._addr = 0x30 + address
         s = address - 1
@@ -176,9 +188,6 @@ class CavroSim(Simulator):
             "resolution": self.settings.resolution,
         }
 
-    def reset_line(self) -> None:
-        self._rx.clear()
-
     # -- time ---------------------------------------------------------------------------------
     def _settle(self) -> float:
         now = self.clock.now()
@@ -188,6 +197,7 @@ class CavroSim(Simulator):
 
     def _finish(self, seg: _Segment) -> None:
         if seg.kind == "plunger":
+            self._account(seg.pos0, seg.pos1)
             self.position = seg.pos1
             self.counters.plunger_moves += 1
         elif seg.kind == "valve":
@@ -233,20 +243,109 @@ class CavroSim(Simulator):
         """Stop whatever runs (T, overloads): the plunger stays where it is."""
         pos = self._live_position()
         if self.segments:
+            if self.segments[0].kind == "plunger":
+                self._account(self.segments[0].pos0, pos)
             self.position = pos
             self.segments.clear()
 
-    # -- alarms -------------------------------------------------------------------------------
-    def raise_alarm(self, alarm: str) -> None:
-        """``"9"``/``plunger_overload``, ``"10"``/``valve_overload``, ``"1"``, or any code 1..15."""
-        names = {"plunger_overload": 9, "overload": 9, "valve_overload": 10, "init": 1}
-        key = alarm.strip().lower()
-        if key in names:
-            code = names[key]
-        elif key.isdigit() and 1 <= int(key) <= 15:
-            code = int(key)
+    def _account(self, start: float, end: float) -> None:
+        """Add a finished plunger travel to the volume counters (at the current valve port)."""
+        ul = abs(end - start) / FINE_PER_STROKE * self.syringe_volume_ul
+        if ul <= 0:
+            return
+        port = self.by_port.setdefault(self.valve, {"dispensed_ul": 0.0, "aspirated_ul": 0.0})
+        if end < start:
+            self.dispensed_ul += ul
+            port["dispensed_ul"] += ul
         else:
-            raise ValueError(f"unknown Cavro alarm {alarm!r}: use an error code 1..15")
+            self.aspirated_ul += ul
+            port["aspirated_ul"] += ul
+
+    # -- ground truth -------------------------------------------------------------------------
+    def truth(self) -> dict[str, Any]:
+        """Plunger, valve, errors and the volume moved since power-on, advanced to now."""
+        live = self._live_position()  # settles first
+        dispensed, aspirated = self.dispensed_ul, self.aspirated_ul
+        moving = self.segments[0] if self.segments else None
+        if moving is not None and moving.kind == "plunger":
+            ul = abs(live - moving.pos0) / FINE_PER_STROKE * self.syringe_volume_ul
+            if live < moving.pos0:
+                dispensed += ul
+            else:
+                aspirated += ul
+        motion = "idle" if moving is None else moving.kind
+        if moving is not None and moving.kind == "error":
+            motion = "idle"
+        truth = super().truth()
+        truth.update(
+            {
+                "model": self.model,
+                "address": self.address,
+                "initialized": self.initialized,
+                "busy": self.busy,
+                "motion": motion,
+                "plunger_steps": self.steps(),
+                "plunger_fine": live,
+                "plunger_ul": live / FINE_PER_STROKE * self.syringe_volume_ul,
+                "resolution": self.settings.resolution,
+                "valve_port": self.valve,
+                "ports": self.ports,
+                "error": self.error,
+                "fatal": self.fatal,
+                "blocked": self.blocked,
+                "dispensed_ul": dispensed,
+                "aspirated_ul": aspirated,
+                "by_port": {str(p): dict(v) for p, v in sorted(self.by_port.items())},
+                "syringe_volume_ul": self.syringe_volume_ul,
+                "top_speed": self.settings.top,
+                "power_ons": self.power_ons,
+                "inits": self.counters.inits,
+                "plunger_moves": self.counters.plunger_moves,
+                "valve_moves": self.counters.valve_moves,
+            }
+        )
+        return truth
+
+    def power_cycle(self) -> None:
+        """Power off and on: motion stops, settings and errors reset, not initialised."""
+        self._stop_now()
+        self.power_ons += 1
+        self.initialized = False
+        self.fatal = 0
+        self.error = 0
+        self.settings = _Settings(resolution=self.settings.resolution)
+        self.loaded = None
+        self.last_program = []
+        self.dispensed_ul = self.aspirated_ul = 0.0
+        self.by_port.clear()
+        self._last_sequence = None
+        self.reset_line()
+
+    # -- alarms -------------------------------------------------------------------------------
+    @staticmethod
+    def _alarm_code(alarm: str) -> int:
+        """The error code an alarm name stands for (0: a power cycle); ValueError if unknown."""
+        key = alarm.strip().lower()
+        if key in _ALARM_NAMES:
+            return _ALARM_NAMES[key]
+        if key in _POWER_ALARMS:
+            return 0
+        if key.isdigit() and 1 <= int(key) <= 15:
+            return int(key)
+        known = [*_ALARM_NAMES, *sorted(_POWER_ALARMS)]
+        raise ValueError(f"unknown Cavro alarm {alarm!r}: an error code 1..15 or one of {known}")
+
+    @classmethod
+    def check_alarm(cls, alarm: str) -> None:
+        cls._alarm_code(alarm)
+
+    def raise_alarm(self, alarm: str) -> None:
+        """``"9"``/``plunger_overload``, ``"10"``/``valve_overload``, ``"1"``/``init``, any code
+        1..15 (shown until ``Q`` reads it), or ``power``: a power cycle."""
+        code = self._alarm_code(alarm)
+        if code == 0:
+            self.power_cycle()
+            return
         self._stop_now()
         self.error = code
         if code in (1, 9, 10):
@@ -371,9 +470,10 @@ class CavroSim(Simulator):
         try:
             self._run(tokens)
         except _Refuse as refuse:
+            # An immediate error: nothing ran, and nothing is left for Q to report.
             return self._status(refuse.code), ""
         self.last_program = tokens
-        # An operand error found while running shows from the next answer on, not in this one.
+        # An error found while the string runs shows from the next answer on, not in this one.
         ready = 0 if self.busy else STATUS_READY
         return STATUS_BASE | ready | before, ""
 
@@ -415,9 +515,11 @@ class CavroSim(Simulator):
         now = self._settle()
         if self.segments:
             if all(letter == "V" for letter, _ in tokens):
-                for _, n in tokens:
-                    if n is not None and 5 <= n <= 6000:
-                        self.settings.top = n
+                valid = [v for _, v in tokens if v is not None and 5 <= v <= 6000]
+                if len(valid) < len(tokens) and not self.deferred_errors:
+                    raise _Refuse(3)
+                for speed in valid:
+                    self.settings.top = speed
                 return
             raise _Refuse(15)
         # Refused at once: valve letters a 3-port valve lacks, moves before initialisation.
@@ -434,6 +536,8 @@ class CavroSim(Simulator):
         segs: list[_Segment] = []
 
         def fail(code: int, fatal: int = 0) -> None:
+            if code in (3, 11) and not self.deferred_errors:
+                raise _Refuse(code)  # found before anything runs: the string is refused whole
             segs.append(_Segment(t, t, "error", error=code, fatal=fatal))
 
         for letter, n in tokens:

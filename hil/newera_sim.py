@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from typing import Any, ClassVar
 
 from kiboauto.clock import Clock
 from kiboauto.drivers.newera_wire import (
-    ALARMS,
     CR,
     MAX_SAFE_LENGTH,
     MIN_SAFE_LENGTH,
@@ -52,6 +52,10 @@ UL_UNITS_UP_TO_MM = 14.0
 INTER_BYTE_TIMEOUT = 0.5
 #: a basic line longer than this without CR is thrown away
 MAX_LINE = 128
+#: how many received commands :attr:`NewEraSim.commands` keeps (oldest dropped first)
+COMMAND_HISTORY = 1000
+#: how many alarms :attr:`NewEraSim.alarm_history` keeps (oldest dropped first)
+ALARM_HISTORY = 1000
 
 _COMMANDS = ("DIA", "RAT", "VOL", "DIR", "RUN", "STP", "DIS", "CLD", "VER", "SAF", "AL")
 _ADDR_RE = re.compile(r"(\*|[0-9]{1,2})?(.*)")
@@ -72,7 +76,11 @@ _ALARM_NAMES = {
 
 
 class NewEraSim(Simulator):
-    """Behaviour model of an NE-500 / NE-1000 on one serial line."""
+    """Behaviour model of an NE-500 / NE-1000 on one serial line.
+
+    ``commands`` keeps the last :data:`COMMAND_HISTORY` commands received (address stripped) and
+    ``alarm_history`` the last :data:`ALARM_HISTORY` alarms, so a long run stays bounded.
+    """
 
     protocol: ClassVar[str] = "newera"
     kind: ClassVar[str] = "pump"
@@ -126,13 +134,17 @@ class NewEraSim(Simulator):
         self.withdrawn_ul = 0.0
         self.run_done_ul = 0.0
         self.alarm_history: list[str] = ["R"] if power_on_alarm else []
-        self.commands: list[str] = []
+        self.commands: deque[str] = deque(maxlen=COMMAND_HISTORY)
+        # ground truth the host cannot clear (CLD clears only the DIS counters)
+        self.power_ons = 1
+        self.infused_since_power_on_ul = 0.0
+        self.withdrawn_since_power_on_ul = 0.0
+        self.lifetime_infused_ul = 0.0
+        self.lifetime_withdrawn_ul = 0.0
         self._t = self.clock.now()
         self._blocked = bool(blocked)
         self._stall_at = math.inf
         self._comm_deadline: float | None = None
-        self._rx = bytearray()
-        self._last_rx = -math.inf
 
     # -- settings a rig or a test may change --------------------------------------------------
     @property
@@ -155,14 +167,51 @@ class NewEraSim(Simulator):
             "diameter_mm": self.diameter_mm,
         }
 
-    def reset_line(self) -> None:
-        self._rx.clear()
+    # -- ground truth ------------------------------------------------------------------------
+    def truth(self) -> dict[str, Any]:
+        """Motion, syringe contents, alarms and the volume moved since power-on, advanced to now."""
+        self.advance()
+        motion = {"I": "infusing", "W": "withdrawing", "P": "paused", "S": "stopped"}[self.state]
+        truth = super().truth()
+        truth.update(
+            {
+                "model": self.model,
+                "address": self.address,
+                "motion": motion,
+                "state": self.state,
+                "direction": self.direction,
+                "rate_ul_min": self.rate_ul_min,
+                "target_ul": self.volume_ul,
+                "run_done_ul": self.run_done_ul,
+                "infused_ul": self.infused_since_power_on_ul,
+                "withdrawn_ul": self.withdrawn_since_power_on_ul,
+                "lifetime_infused_ul": self.lifetime_infused_ul,
+                "lifetime_withdrawn_ul": self.lifetime_withdrawn_ul,
+                "dis_infused_ul": self.infused_ul,
+                "dis_withdrawn_ul": self.withdrawn_ul,
+                "contents_ul": self.contents_ul,
+                "capacity_ul": self.capacity_ul,
+                "diameter_mm": self.diameter_mm,
+                "alarm": self.alarm,
+                "last_alarm": self.alarm_history[-1] if self.alarm_history else None,
+                "blocked": self._blocked,
+                "safe_timeout_s": self.safe_timeout,
+                "power_ons": self.power_ons,
+                "commands": len(self.commands),
+            }
+        )
+        return truth
 
     # -- alarms ------------------------------------------------------------------------------
+    @classmethod
+    def check_alarm(cls, alarm: str) -> None:
+        if alarm.strip().upper() not in _ALARM_NAMES:
+            known = sorted(k.lower() for k in _ALARM_NAMES)
+            raise ValueError(f"unknown New Era alarm {alarm!r}; known: {known}")
+
     def raise_alarm(self, alarm: str) -> None:
-        code = _ALARM_NAMES.get(alarm.strip().upper())
-        if code is None:
-            raise ValueError(f"unknown New Era alarm {alarm!r}; known: {sorted(ALARMS)}")
+        self.check_alarm(alarm)
+        code = _ALARM_NAMES[alarm.strip().upper()]
         self.advance()
         if code == "R":
             self.power_cycle()
@@ -176,8 +225,11 @@ class NewEraSim(Simulator):
         self.run_done_ul = 0.0
         self.infused_ul = 0.0
         self.withdrawn_ul = 0.0
+        self.power_ons += 1
+        self.infused_since_power_on_ul = 0.0
+        self.withdrawn_since_power_on_ul = 0.0
         self._comm_deadline = None
-        self._rx.clear()
+        self.reset_line()
         self._alarm("R")
 
     def _alarm(self, code: str) -> None:
@@ -185,6 +237,8 @@ class NewEraSim(Simulator):
         self.run_done_ul = 0.0
         self.alarm = code
         self.alarm_history.append(code)
+        if len(self.alarm_history) > ALARM_HISTORY:
+            del self.alarm_history[: len(self.alarm_history) - ALARM_HISTORY]
 
     # -- physics -----------------------------------------------------------------------------
     @staticmethod
@@ -249,18 +303,23 @@ class NewEraSim(Simulator):
         self.run_done_ul += ul
         if self.state == "I":
             self.infused_ul += ul
+            self.infused_since_power_on_ul += ul
+            self.lifetime_infused_ul += ul
             self.contents_ul = max(0.0, self.contents_ul - ul)
         else:
             self.withdrawn_ul += ul
+            self.withdrawn_since_power_on_ul += ul
+            self.lifetime_withdrawn_ul += ul
             self.contents_ul = min(self.capacity_ul, self.contents_ul + ul)
 
     # -- bytes -------------------------------------------------------------------------------
     def handle_bytes(self, data: bytes) -> list[bytes]:
         now = self.clock.now()
         self.advance(now)
-        if self._rx and self._rx[0] == STX and now - self._last_rx > INTER_BYTE_TIMEOUT:
-            self._rx.clear()  # an incomplete safe packet timed out between bytes
-        self._last_rx = now
+        line = self._line  # this connection's receive state
+        if line.rx and line.rx[0] == STX and now - line.last_rx > INTER_BYTE_TIMEOUT:
+            line.rx.clear()  # an incomplete safe packet timed out between bytes
+        line.last_rx = now
         self._rx.extend(data)
         replies: list[bytes] = []
         while True:

@@ -22,7 +22,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kiboauto.clock import Clock
 from kiboauto.config import load_model
@@ -80,6 +80,16 @@ class RigDevice(BaseModel):
         for fault in value:
             Fault.from_dict(fault)
         return value
+
+    @model_validator(mode="after")
+    def _known_alarms(self) -> RigDevice:
+        """An ``alarm`` fault must name an alarm this device's simulator knows."""
+        if self.protocol in SIMULATORS:
+            for fault in self.faults:
+                parsed = Fault.from_dict(fault)
+                if parsed.kind == FaultKind.ALARM:
+                    simulator_class(self.protocol).check_alarm(parsed.alarm)
+        return self
 
 
 class RigFile(BaseModel):
@@ -150,5 +160,8 @@ def build_rig(rig: RigFile, clock: Clock) -> dict[str, Any]:
 
 
 def parse_fault(kind: str, **settings: Any) -> Fault:
-    """A fault from a command line or control message (``kind`` as in :class:`FaultKind`)."""
-    return Fault.from_dict({"kind": FaultKind(kind).value, **settings})
+    """A fault from a command line or control message (``kind`` as in :class:`FaultKind`).
+
+    ValueError names the bad setting (see :meth:`Fault.from_dict` for the limits).
+    """
+    return Fault.from_dict({"kind": kind, **settings})

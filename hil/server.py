@@ -3,7 +3,9 @@
 :class:`HilServer` is what ``kiboauto hil serve`` runs. It starts every simulator of a rig on its
 own pty (the path a client opens as a serial port), optionally on ``socket://127.0.0.1:PORT``,
 serves simulated cameras as PNG snapshots over HTTP on 127.0.0.1, and listens on a local control
-port for run-time fault injection (JSON lines, see :meth:`HilServer.handle_control`).
+port for run-time fault injection and ground-truth queries (JSON lines, see
+:meth:`HilServer.handle_control`). A control line longer than :data:`CONTROL_LINE_LIMIT` bytes is
+answered with an error and skipped; the server goes on serving.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Any
 
 from kiboauto.clock import Clock
@@ -19,7 +22,57 @@ from .base import Fault, Simulator
 from .ptyport import PtyPort, Rfc2217Port, TcpPort
 from .rig import CAMERA_PROTOCOL, RigFile, build_rig
 
-__all__ = ["HilServer"]
+__all__ = ["CONTROL_LINE_LIMIT", "HilServer", "camera_truth"]
+
+log = logging.getLogger(__name__)
+
+#: longest control message (one JSON line) the control port reads, in bytes
+CONTROL_LINE_LIMIT = 64 * 1024
+
+
+def camera_truth(camera: Any) -> dict[str, Any]:
+    """What a simulated camera is doing, cheaply (no rendering): frames, cells, temperature."""
+    truth: dict[str, Any] = {
+        "protocol": "camera",
+        "kind": "camera",
+        "clock_s": camera.clock.now(),
+        "connected": bool(getattr(camera, "connected", False)),
+        "frames": int(getattr(camera, "frames", 0)),
+        "cells": len(getattr(camera, "cells", ())) or 1,
+        "selected_cell": getattr(camera, "selected", 1),
+        "failures_applied": len(getattr(camera, "applied_failures", ())),
+    }
+    incubator = getattr(camera, "incubator", None)
+    if incubator is not None:
+        truth["incubator"] = getattr(incubator, "name", str(incubator))
+        truth["temperature_c"] = float(incubator.temperature())
+    return truth
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
+    """One control line (``None`` at end of input); raises ValueError for one over the limit,
+    after skipping it (the next line is read normally)."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as e:
+        return e.partial or None
+    except asyncio.LimitOverrunError as e:
+        skipped = 0
+        consumed = e.consumed
+        while True:
+            await reader.readexactly(consumed)
+            skipped += consumed
+            try:
+                skipped += len(await reader.readuntil(b"\n"))
+                break
+            except asyncio.IncompleteReadError as end:
+                skipped += len(end.partial)
+                break
+            except asyncio.LimitOverrunError as more:
+                consumed = more.consumed
+        raise ValueError(
+            f"control message of {skipped} bytes is longer than {CONTROL_LINE_LIMIT} bytes"
+        ) from None
 
 
 class HilServer:
@@ -63,7 +116,9 @@ class HilServer:
             if self.cameras:
                 self._http = await asyncio.start_server(self._http_client, self.host, 0)
                 self.http_port = self._http.sockets[0].getsockname()[1]
-            self._control = await asyncio.start_server(self._control_client, self.host, 0)
+            self._control = await asyncio.start_server(
+                self._control_client, self.host, 0, limit=CONTROL_LINE_LIMIT
+            )
             self.control_port = self._control.sockets[0].getsockname()[1]
         except BaseException:
             await self.close()
@@ -157,6 +212,20 @@ class HilServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    # -- ground truth ------------------------------------------------------------------------------
+    def truth(self, device: str | None = None) -> dict[str, Any]:
+        """Ground truth of every device (or of one), advanced to now; KeyError if unknown."""
+        names = [*self.simulators, *self.cameras] if device is None else [device]
+        out: dict[str, Any] = {}
+        for name in names:
+            if name in self.simulators:
+                out[name] = self.simulators[name].truth()
+            elif name in self.cameras:
+                out[name] = camera_truth(self.cameras[name])
+            else:
+                raise KeyError(name)
+        return out
+
     # -- run-time fault injection ------------------------------------------------------------------
     def handle_control(self, message: dict[str, Any]) -> dict[str, Any]:
         """One control request. Forms::
@@ -164,7 +233,16 @@ class HilServer:
         {"device": "pump1", "fault": {"kind": "drop", "count": 2}}
         {"device": "pump1", "clear": true}
         {"status": true}
+        {"truth": true}                      -> {"ok": true, "truth": {device: {...}, ...}}
+        {"truth": true, "device": "pump1"}   -> {"ok": true, "truth": {"pump1": {...}}}
         """
+        if message.get("truth"):
+            device = message.get("device")
+            try:
+                return {"ok": True, "truth": self.truth(None if device is None else str(device))}
+            except KeyError:
+                known = sorted([*self.simulators, *self.cameras])
+                return {"ok": False, "error": f"no simulated device {device!r}; have {known}"}
         if message.get("status"):
             return {
                 "ok": True,
@@ -174,6 +252,8 @@ class HilServer:
                         "line_dead": sim.line_dead,
                         "pending_faults": [f.kind.value for f in sim.faults.pending],
                         "applied_faults": [k.value for k in sim.faults.applied],
+                        "overruns": sim.overruns,
+                        "sessions": sim.sessions,
                     }
                     for name, sim in self.simulators.items()
                 },
@@ -200,17 +280,27 @@ class HilServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
-            while line := await reader.readline():
+            while True:
                 try:
+                    line = await _read_line(reader)
+                    if line is None:
+                        break
+                    if not line.strip():
+                        continue
                     message = json.loads(line)
                     if not isinstance(message, dict):
                         raise ValueError("a control message is a JSON object")
                     reply = self.handle_control(message)
-                except ValueError as e:
+                except (ValueError, RecursionError) as e:
                     reply = {"ok": False, "error": f"bad control message: {e}"}
-                writer.write((json.dumps(reply) + "\n").encode())
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    raise
+                except Exception as e:  # a bug here must not kill the server or print a trace
+                    log.warning("control message failed: %r", e)
+                    reply = {"ok": False, "error": f"control message failed: {e!r}"}
+                writer.write((json.dumps(reply, default=str) + "\n").encode())
                 await writer.drain()
-        except ConnectionError:
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()

@@ -106,6 +106,9 @@ _BITS_WRITABLE = {m.BIT_COMM_WRITE, m.BIT_UNIT_C, m.BIT_DECIMAL, m.BIT_AUTOTUNE,
 _LED_BITS = {"AL3": 0, "AL2": 1, "F": 2, "C": 3, "AL1": 4, "OUT2": 5, "OUT1": 6, "AT": 7}
 
 _PV_FAULTS = {f"0x{code:04x}": code for code in m.PV_ERRORS}
+_OVERTEMP_WORDS = {"overtemp", "over_temp", "over-temperature"}
+_CLEAR_WORDS = {"clear", "reset", "none", ""}
+_ALARM_WORDS = {*_OVERTEMP_WORDS, "runaway", *_CLEAR_WORDS}
 
 
 class ThermalSim(Simulator):
@@ -155,7 +158,6 @@ class ThermalSim(Simulator):
         self.startup_s = float(startup_s)
         self.firmware = firmware
         self._framer = FramerRTU(DecodePDU(True))
-        self._buffer = bytearray()
 
         # settings
         self.regs: dict[int, int] = {a: to_word(d) for a, (d, _lo, _hi) in _SETTINGS.items()}
@@ -202,56 +204,86 @@ class ThermalSim(Simulator):
             "framing": "rtu",
         }
 
+    # -- ground truth --------------------------------------------------------------------------
+    def truth(self) -> dict[str, Any]:
+        """The plant and the controller now: true temperature, PV, SV, outputs, alarms."""
+        self._advance()
+        heat, cool = self.out
+        pv_word = self._pv_word()
+        truth = super().truth()
+        truth.update(
+            {
+                "unit": self.unit,
+                "temperature_c": self.temp_c,
+                "pv_c": None if pv_word in m.PV_ERRORS else from_word(pv_word) / 10.0,
+                "pv_word": pv_word,
+                "sv_c": self.sv / 10.0,
+                "ambient_c": self.ambient_c,
+                "heater_pct": heat * 100.0,
+                "cooler_pct": cool * 100.0,
+                "running": self.bits[m.BIT_RUN],
+                "control_method": self.regs[m.REG_CONTROL_METHOD],
+                "tripped": self.tripped,
+                "trips": self.trips,
+                "runaway": self.runaway,
+                "pv_fault": None if self.pv_fault is None else f"0x{self.pv_fault:04x}",
+                "comm_write": self.bits[m.BIT_COMM_WRITE],
+            }
+        )
+        return truth
+
     # -- faults --------------------------------------------------------------------------------
+    @classmethod
+    def check_alarm(cls, alarm: str) -> None:
+        key = alarm.strip().lower()
+        if key not in _PV_FAULTS and key not in _ALARM_WORDS:
+            known = [*sorted(_PV_FAULTS), "overtemp", "runaway", "clear"]
+            raise ValueError(f"unknown thermal alarm {alarm!r}; known: {known}")
+
     def raise_alarm(self, alarm: str) -> None:
         """``0x8002``..``0x8007``: the PV register reads that code (sensor/ADC/memory fault);
         ``overtemp``: the over-temperature trip latches now; ``runaway``: the heater is stuck
         fully on (only the trip can cut it); ``clear``: sensor back, heater freed, trip
         re-armable (the host still writes RUN to restart, as on the real unit)."""
+        self.check_alarm(alarm)
         self._advance()
         key = alarm.strip().lower()
         if key in _PV_FAULTS:
             self.pv_fault = _PV_FAULTS[key]
-        elif key in ("overtemp", "over_temp", "over-temperature"):
+        elif key in _OVERTEMP_WORDS:
             self._trip()
         elif key == "runaway":
             self.runaway = True
-        elif key in ("clear", "reset", "none", ""):
+        else:  # one of _CLEAR_WORDS (check_alarm refused anything else)
             self.pv_fault = None
             self.runaway = False
-        else:
-            known = [*sorted(_PV_FAULTS), "overtemp", "runaway", "clear"]
-            raise ValueError(f"{self.name}: unknown alarm {alarm!r}; known: {known}")
         if self._passive() or self.runaway:
             self.out = self._fixed_outputs()  # the outputs react at once
 
-    def reset_line(self) -> None:
-        self._buffer.clear()
-
     # -- bytes ---------------------------------------------------------------------------------
     def handle_bytes(self, data: bytes) -> list[bytes]:
-        self._buffer.extend(data)
+        self._rx.extend(data)
         replies: list[bytes] = []
-        while len(self._buffer) >= FramerRTU.MIN_SIZE:
-            buf = bytes(self._buffer)
+        while len(self._rx) >= FramerRTU.MIN_SIZE:
+            buf = bytes(self._rx)
             try:
                 used, dev_id, _tid, pdu_bytes = self._framer.decode(buf)
             except Exception:  # pymodbus could not even size it: line noise
-                self._buffer.clear()
+                self._rx.clear()
                 break
             if used == 0:
                 if self._unknown_function_frame(buf):
-                    self._buffer.clear()
+                    self._rx.clear()
                     replies.append(self._exception_frame(buf[1], ILLEGAL_FUNCTION))
                 elif len(buf) > MAX_ADU:
-                    self._buffer.clear()
+                    self._rx.clear()
                 break
             if not pdu_bytes:  # CRC failure: a real slave stays silent
-                self._buffer.clear()
+                self._rx.clear()
                 break
             frame = bytes([dev_id]) + pdu_bytes
             start = buf.find(frame)
-            del self._buffer[: start + len(frame) + 2 if start >= 0 else len(buf)]
+            del self._rx[: start + len(frame) + 2 if start >= 0 else len(buf)]
             reply = self._answer(dev_id, pdu_bytes)
             if reply is not None:
                 replies.append(reply)

@@ -105,7 +105,7 @@ def probe(
     rows = asyncio.run(_probe(spec, RealClock(), timeout))
     if as_json:
         for row in rows:
-            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.write(json.dumps(row, default=str) + "\n")
     else:
         # Piped or captured output gets a wide table instead of one cut to 80 columns.
         console = out if out.is_terminal else Console(width=200)
@@ -113,54 +113,73 @@ def probe(
         for col in ("device", "kind", "protocol", "port", "model", "firmware", "status"):
             table.add_column(col)
         for row in rows:
+            # Everything a device said is shown as text, never as rich markup.
             if row["ok"]:
                 table.add_row(
-                    row["device"],
-                    row["kind"],
-                    row["protocol"],
-                    row["port"],
-                    row["model"],
-                    row["firmware"],
-                    f"[green]{row['status']}[/]",
+                    *(
+                        escape(str(row[key]))
+                        for key in ("device", "kind", "protocol", "port", "model", "firmware")
+                    ),
+                    f"[green]{escape(str(row['status']))}[/]",
                 )
             else:
-                table.add_row(row["device"], "", "", "", "", "", f"[red]{escape(row['error'])}[/]")
+                error = f"[red]{escape(row['error'])}[/]"
+                table.add_row(escape(str(row["device"])), "", "", "", "", "", error)
         console.print(table)
     if not all(row["ok"] for row in rows):
         raise typer.Exit(1)
 
 
 async def _probe(spec: Any, clock: Clock, timeout: float) -> list[dict[str, Any]]:
-    from kiboauto.devices import DeviceError
+    """One row per device of ``spec``; never raises for a device's fault (or a driver's bug)."""
     from kiboauto.station import open_station
 
     rows: list[dict[str, Any]] = []
-    async with open_station(spec, clock) as station:
+    try:
+        async with open_station(spec, clock) as station:
+            for name in spec.devices:
+                rows.append(await _probe_one(name, station, clock, timeout))
+    except Exception as e:  # escaped while connecting: every device not yet shown gets the reason
+        shown = {row["device"] for row in rows}
         for name in spec.devices:
-            if name in station.failures:
-                rows.append({"device": name, "ok": False, "error": station.failures[name].message})
-                continue
-            device = station.devices[name]
-            try:
-                info = await clock.wait_for(device.identify(), timeout)
-            except (DeviceError, TimeoutError) as e:
-                message = e.message if isinstance(e, DeviceError) else f"no answer in {timeout} s"
-                rows.append({"device": name, "ok": False, "error": message})
-                continue
-            rows.append(
-                {
-                    "device": name,
-                    "ok": True,
-                    "kind": info.kind,
-                    "protocol": info.protocol,
-                    "port": info.port,
-                    "model": info.model,
-                    "firmware": info.firmware,
-                    "status": info.status,
-                    "details": info.details,
-                }
-            )
+            if name not in shown:
+                reason = f"station could not be opened: {_error_text(e)}"
+                rows.append({"device": name, "ok": False, "error": reason})
     return rows
+
+
+def _error_text(e: BaseException) -> str:
+    """An error as a probe row shows it: a device error's own message, else type and text."""
+    from kiboauto.devices import DeviceError
+
+    if isinstance(e, DeviceError):
+        return e.message
+    if isinstance(e, TimeoutError):
+        return str(e) or "timed out"
+    return f"{type(e).__name__}: {e}"
+
+
+async def _probe_one(name: str, station: Any, clock: Clock, timeout: float) -> dict[str, Any]:
+    if name in station.failures:
+        return {"device": name, "ok": False, "error": _error_text(station.failures[name])}
+    device = station.devices[name]
+    try:
+        info = await clock.wait_for(device.identify(), timeout)
+        return {
+            "device": name,
+            "ok": True,
+            "kind": info.kind,
+            "protocol": info.protocol,
+            "port": info.port,
+            "model": info.model,
+            "firmware": info.firmware,
+            "status": info.status,
+            "details": info.details,
+        }
+    except TimeoutError:
+        return {"device": name, "ok": False, "error": f"no answer in {timeout} s"}
+    except Exception as e:  # a DeviceError, or a driver bug (ValueError...): this device's row
+        return {"device": name, "ok": False, "error": _error_text(e)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,13 +221,31 @@ def inspect(
             min=0,
         ),
     ] = 1.0,
+    max_megapixels: Annotated[
+        float,
+        typer.Option(
+            "--max-megapixels",
+            help="Refuse (as that image's error, before decoding) a file whose header gives more "
+            "than this many megapixels (width x height).",
+        ),
+    ] = 50.0,
+    float_range: Annotated[
+        str | None,
+        typer.Option(
+            "--float-range",
+            help="LO:HI, the range float (TIFF) images are scaled from to 0..255. Without it a "
+            "float image must lie in 0..1; NaN or infinite values are always refused.",
+        ),
+    ] = None,
 ) -> None:
     """Classify drop images (crystals, precipitate, clear, other) and measure every crystal.
 
     With --json each image gives one line: {"image", "class", "confidence", "count",
     "max_length_um", "crystals": [...], "latency_ms"}; latency_ms is the inspection alone, not
     reading or decoding the file. A file that cannot be read gives {"image", "error"} and the
-    others go on; the exit code is 1 if any file failed.
+    others go on; the exit code is 1 if any file failed. Only finite numbers are written: a
+    non-finite value becomes null and the record lists it under "non_finite". Bad options, or an
+    --overlay folder that cannot be used, stop with exit code 2 before any image.
 
     Examples:
 
@@ -216,12 +253,37 @@ def inspect(
         kiboauto inspect drops/*.jpg --json --overlay out/
         kiboauto inspect --track cell03/ --um-per-px 2.0   # cell03_t0h.png, cell03_t6h.png...
     """
-    from kiboauto.inspect_cmd import inspect_files, json_line, track_directory
+    import math
 
-    if um_per_px <= 0:
-        raise _fail("--um-per-px must be > 0")
+    from kiboauto.inspect_cmd import (
+        OverlayDirError,
+        fmt_number,
+        inspect_files,
+        json_line,
+        json_text,
+        parse_float_range,
+        prepare_overlay_dir,
+        track_directory,
+    )
+
+    if not (math.isfinite(um_per_px) and um_per_px > 0):
+        raise _fail(f"--um-per-px must be a finite number > 0, got {um_per_px!r}")
+    if not (math.isfinite(interval_h) and interval_h >= 0):
+        raise _fail(f"--interval-h must be a finite number >= 0, got {interval_h!r}")
+    if not (math.isfinite(max_megapixels) and max_megapixels > 0):
+        raise _fail(f"--max-megapixels must be a finite number > 0, got {max_megapixels!r}")
+    max_pixels = max(1, int(max_megapixels * 1e6))
+    try:
+        value_range = None if float_range is None else parse_float_range(float_range)
+    except ValueError as e:
+        raise _fail(str(e)) from None
     if not images and track_dir is None:
         raise _fail("give image files, or --track DIR (see --help)")
+    if overlay_dir is not None:
+        try:
+            prepare_overlay_dir(overlay_dir)
+        except OverlayDirError as e:
+            raise _fail(str(e)) from None
     from kiboauto.vision import warm_up
 
     with err.status("Preparing the vision routines (compiled on the first run on a machine)"):
@@ -231,7 +293,13 @@ def inspect(
         table = Table(title="kiboauto inspect")
         for col in ("image", "class", "confidence", "crystals", "max length µm", "ms"):
             table.add_column(col)
-        for outcome in inspect_files(images, um_per_px=um_per_px, overlay_dir=overlay_dir):
+        for outcome in inspect_files(
+            images,
+            um_per_px=um_per_px,
+            overlay_dir=overlay_dir,
+            max_pixels=max_pixels,
+            float_range=value_range,
+        ):
             record = outcome.to_json()
             failed = failed or not outcome.ok
             if as_json:
@@ -241,10 +309,10 @@ def inspect(
                 table.add_row(
                     str(outcome.path),
                     record["class"],
-                    f"{record['confidence']:.2f}",
+                    fmt_number(record["confidence"], ".2f"),
                     str(record["count"]),
-                    f"{record['max_length_um']:.0f}",
-                    f"{outcome.latency_ms:.1f}",
+                    fmt_number(record["max_length_um"], ".0f"),
+                    fmt_number(record["latency_ms"], ".1f"),
                 )
             else:
                 table.add_row(str(outcome.path), f"[red]{escape(outcome.error)}[/]", "", "", "", "")
@@ -255,14 +323,19 @@ def inspect(
             raise _fail(f"--track {track_dir}: not a folder")
         target = plot or track_dir / "growth.png"
         report, outcomes = track_directory(
-            track_dir, um_per_px=um_per_px, interval_s=interval_h * 3600.0, plot=target
+            track_dir,
+            um_per_px=um_per_px,
+            interval_s=interval_h * 3600.0,
+            plot=target,
+            max_pixels=max_pixels,
+            float_range=value_range,
         )
         for outcome in outcomes:
             if not outcome.ok:
                 failed = True
                 err.print("[red]skipped:[/]", escape(outcome.error))
         report["plot"] = str(target)
-        sys.stdout.write(json.dumps(report, indent=None if as_json else 2) + "\n")
+        sys.stdout.write(json_text(report, indent=None if as_json else 2) + "\n")
         if not as_json:
             err.print(f"growth plot written to {target}")
     if failed:
@@ -289,6 +362,13 @@ def hil_serve(
         bool,
         typer.Option("--rfc2217", help="Also serve every serial device on rfc2217://127.0.0.1"),
     ] = False,
+    station_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--station-out",
+            help="Also write a station file (YAML) for the served ports, for `probe --station`.",
+        ),
+    ] = None,
 ) -> None:
     """Start the rig's simulators on pseudo-terminals and run until SIGINT or SIGTERM.
 
@@ -296,7 +376,8 @@ def hil_serve(
     {"pump1": {"port": "/dev/pts/5", "protocol": "newera", "address": 0, ...}, ...}.
     Open the port with any serial client (pyserial, minicom, a vendor tool) as if it were
     /dev/ttyUSB0. "_control" is a local TCP port taking JSON lines for run-time fault injection
-    (see `kiboauto hil fault`).
+    and ground truth (see `kiboauto hil fault` and `kiboauto hil truth`). With --station-out the
+    station file is written before the JSON line is printed.
     """
     from kiboauto.hil.rig import load_rig
 
@@ -311,18 +392,26 @@ def hil_serve(
         device.rfc2217 = device.rfc2217 or rfc2217
     clock: Clock = RealClock() if speed == 1.0 else ScaledClock(speed)
     try:
-        asyncio.run(_serve(rig_file, clock))
+        asyncio.run(_serve(rig_file, clock, station_out))
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from e
 
 
-async def _serve(rig_file: Any, clock: Clock) -> None:
+async def _serve(rig_file: Any, clock: Clock, station_out: Path | None = None) -> None:
     from kiboauto.hil.server import HilServer
+    from kiboauto.station import station_from_hil_ports, write_station
 
     server = HilServer(rig_file, clock)
     await server.start()
     try:
-        sys.stdout.write(json.dumps(server.ports()) + "\n")
+        ports = server.ports()
+        if station_out is not None:
+            header = (
+                "Station file written by `kiboauto hil serve --station-out`: the ports below are\n"
+                "valid while that process runs. Use: kiboauto probe --station THIS_FILE"
+            )
+            write_station(station_from_hil_ports(ports), station_out, header=header)
+        sys.stdout.write(json.dumps(ports) + "\n")
         sys.stdout.flush()
         err.print(
             f"[bold]kiboauto hil[/]: {len(server.simulators)} serial device(s), "
@@ -353,8 +442,12 @@ def hil_fault(
     skip: Annotated[int, typer.Option(help="Good replies before the fault starts")] = 0,
     seconds: Annotated[float, typer.Option(help="Delay, or how long a hang-up lasts")] = 5.0,
     alarm: Annotated[str, typer.Option(help="Device alarm code for kind=alarm")] = "",
+    size: Annotated[int, typer.Option(help="Random bytes sent by kind=garbage (1..65536)")] = 8192,
 ) -> None:
-    """Inject a fault into a running `kiboauto hil serve` (or clear faults, or show status)."""
+    """Inject a fault into a running `kiboauto hil serve` (or clear faults, or show status).
+
+    Limits: --count >= 0 (0: until cleared), --skip >= 0, --seconds 0..3600, --size 1..65536.
+    """
     if kind == "status":
         message: dict[str, Any] = {"status": True}
     elif kind == "clear":
@@ -368,20 +461,58 @@ def hil_fault(
                 "skip": skip,
                 "seconds": seconds,
                 "alarm": alarm,
+                "size": size,
             },
         }
-    host, _, port = control.rpartition(":")
-    try:
-        reply = asyncio.run(_control(host or "127.0.0.1", int(port), message))
-    except (OSError, ValueError) as e:
-        raise _fail(f"cannot reach the HIL control port {control}: {e}") from e
+    reply = _ask_control(control, message)
     sys.stdout.write(json.dumps(reply) + "\n")
     if not reply.get("ok"):
         raise typer.Exit(1)
 
 
+@hil_app.command("truth")
+def hil_truth(
+    control: Annotated[
+        str,
+        typer.Option("--control", "-c", help="The `_control` port from `hil serve` (HOST:PORT)"),
+    ],
+    device: Annotated[
+        str | None, typer.Argument(help="Device name, as in the rig (default: every device)")
+    ] = None,
+) -> None:
+    """Print the ground truth of a running `kiboauto hil serve` as one JSON line.
+
+    What the simulated hardware really did, past the wire protocol: for pumps the volume moved
+    since power-on (a counter no host command clears), motion, plunger and valve, alarms; for
+    the incubator the true temperature, PV, SV and outputs; for cameras the frames served. The
+    physics are advanced to now first. Exits 1 if the server cannot be reached or the device is
+    unknown.
+
+    Example: kiboauto hil truth --control 127.0.0.1:40123 pump1
+    """
+    message: dict[str, Any] = {"truth": True}
+    if device is not None:
+        message["device"] = device
+    reply = _ask_control(control, message)
+    sys.stdout.write(json.dumps(reply) + "\n")
+    if not reply.get("ok"):
+        err.print("[bold red]error:[/]", escape(str(reply.get("error"))), highlight=False)
+        raise typer.Exit(1)
+
+
+def _ask_control(control: str, message: dict[str, Any]) -> dict[str, Any]:
+    """Send one control message to `hil serve`; exit 1 with a clear message if that fails."""
+    host, _, port_text = control.rpartition(":")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise _fail(f"--control must be HOST:PORT (the `_control` entry), got {control!r}", 1)
+    try:
+        return asyncio.run(_control(host or "127.0.0.1", int(port_text), message))
+    except (OSError, ValueError) as e:
+        raise _fail(f"cannot reach the HIL control port {control}: {e}", 1) from e
+
+
 async def _control(host: str, port: int, message: dict[str, Any]) -> dict[str, Any]:
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await asyncio.open_connection(host, port, limit=64 * 1024 * 1024)
     try:
         writer.write((json.dumps(message) + "\n").encode())
         await writer.drain()

@@ -46,6 +46,7 @@ __all__ = [
     "load_station",
     "open_station",
     "station_from_hil_ports",
+    "write_station",
 ]
 
 #: driver name -> "module:Class"
@@ -153,6 +154,25 @@ def station_from_hil_ports(ports: dict[str, Any]) -> StationFile:
     return StationFile(devices=devices)
 
 
+def write_station(station: StationFile, path: str | Path, *, header: str = "") -> None:
+    """Write ``station`` as a station file (YAML) that :func:`load_station` reads back.
+
+    ``header`` becomes a comment block at the top. The file is written to a temporary name in the
+    same folder and renamed, so a reader never sees half a file.
+    """
+    import os
+
+    import yaml
+
+    data = station.model_dump(mode="json", exclude_defaults=True)
+    text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    text += yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+
+
 def _import(target: str) -> Any:
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -237,8 +257,10 @@ async def open_station(
                 opened.simulators[name] = sim
             try:
                 await device.connect()
-            except DeviceError as e:
-                opened.failures[name] = e
+            except Exception as e:  # a driver bug must not hide the other devices
+                opened.failures[name] = (
+                    e if isinstance(e, DeviceError) else DeviceError(name, f"connect failed: {e!r}")
+                )
                 with contextlib.suppress(Exception):
                     await device.close()
                 continue
