@@ -34,7 +34,16 @@ import numpy.typing as npt
 
 from kiboauto import __version__
 from kiboauto.clock import Clock, RealClock
-from kiboauto.devices import DeviceDisconnected, DeviceError, DeviceInfo, DeviceTimeout
+from kiboauto.devices import (
+    DeviceDisconnected,
+    DeviceError,
+    DeviceInfo,
+    DeviceTimeout,
+    Reading,
+    ReadingDescription,
+    Severity,
+)
+from kiboauto.units import Q_
 
 from .growth import CrystalPlan, GrowthCell, GrowthParams, TemperatureHistory, TemperatureLog
 from .scene import SceneTruth, render
@@ -292,6 +301,25 @@ class SimCamera:
     async def capture(self) -> Frame:
         """The selected cell at ``clock.now()``: BGR ``(h, w, 3)`` or grey ``(h, w)``, uint8."""
         return await self.capture_cell(self.selected)
+
+    async def read(self) -> dict[str, Reading]:
+        """Frames delivered since connect and the selected growth cell."""
+        now = self.clock.wall()
+        severity = Severity.OK if self.connected else Severity.MAJOR
+        return {
+            "frames": Reading(Q_(self.frames, "dimensionless"), now, severity),
+            "selected_cell": Reading(Q_(self.selected, "dimensionless"), now, severity),
+            "connected": Reading(self.connected, now, severity),
+        }
+
+    def describe(self) -> dict[str, ReadingDescription]:
+        return {
+            "frames": ReadingDescription("", None, "frames delivered since connect()"),
+            "selected_cell": ReadingDescription(
+                "", (1.0, float(len(self.cells))), "growth cell capture() shows"
+            ),
+            "connected": ReadingDescription("", None, "the camera is open"),
+        }
 
     async def capture_cell(self, n: int) -> Frame:
         """Cell ``n`` at ``clock.now()`` (does not change the selected cell)."""
