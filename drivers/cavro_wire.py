@@ -62,6 +62,7 @@ __all__ = [
     "build_oem_answer",
     "build_oem_command",
     "dual_address_char",
+    "parse_any_answer",
     "parse_dt_answer",
     "parse_oem_answer",
     "quad_address_char",
@@ -326,3 +327,29 @@ def parse_oem_answer(buf: bytes, expect: re.Pattern[str] = ANY) -> tuple[CavroAn
             f"checksum 0x{buf[j + 1]:02x} != 0x{xor_checksum(buf[i : j + 1]):02x} computed"
         )
     return CavroAnswer(status, _check_data(status, buf[i + 3 : j], expect)), j + 2
+
+
+def parse_any_answer(buf: bytes) -> tuple[CavroAnswer, bool, int] | None:
+    """An answer in either framing: ``(answer, oem, used)``; None while incomplete.
+
+    Used to get back in step after a timeout, when late answers of either framing may be on the
+    line. Line noise (NUL, 0xFF, CR, LF) before the answer is skipped; anything else that is not
+    the start of an answer is a :class:`BadFrame`.
+    """
+    i = 0
+    while i < len(buf) and buf[i] in _SKIP:
+        i += 1
+    if i == len(buf):
+        return None
+    if buf[i] == STX:
+        got = parse_oem_answer(buf[i:], ANY)
+        oem = True
+    elif buf[i] == DT_START:
+        got = parse_dt_answer(buf[i:], ANY)
+        oem = False
+    else:
+        raise BadFrame(f"answer starts with 0x{buf[i]:02x}, neither '/' nor STX")
+    if got is None:
+        return None
+    answer, used = got
+    return answer, oem, i + used

@@ -30,7 +30,7 @@ async def newera_session(pump: NewEraPump) -> dict[str, Any]:
     info = await pump.identify()
     await pump.set_diameter("4.78 mm")
     dispensed = await pump.dispense("20 uL", "10 uL/min")
-    return {"firmware": info.firmware, "dispensed_ul": round(float(dispensed.to("uL").m), 3)}
+    return {"firmware": info.firmware, "dispensed_ul": round(dispensed.delivered_ul, 3)}
 
 
 async def cavro_session(pump: CavroPump) -> dict[str, Any]:
