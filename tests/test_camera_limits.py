@@ -174,7 +174,7 @@ def _camera_threads(name: str) -> list[threading.Thread]:
 # ---------------------------------------------------------------------------------------------
 # byte limit
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 def test_default_limits() -> None:
     cam = OpenCVCamera("cam", "http://127.0.0.1:9/x.png", clock=CLOCK)
     assert cam.max_bytes == DEFAULT_MAX_BYTES == 64 * 2**20
@@ -187,7 +187,7 @@ def test_default_limits() -> None:
             OpenCVCamera("cam", "x.png", clock=CLOCK, max_pixels=bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 async def test_endless_http_body_stops_at_the_byte_limit(hostile: Hostile) -> None:
     url = f"{hostile.url}/endless.png"
     cam = OpenCVCamera("cam", url, clock=CLOCK, timeout_s=10.0, max_bytes=2 * 2**20)
@@ -204,7 +204,7 @@ async def test_endless_http_body_stops_at_the_byte_limit(hostile: Hostile) -> No
     await cam.close()
 
 
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 async def test_endless_http_body_stops_at_the_default_limit(hostile: Hostile) -> None:
     cam = OpenCVCamera("cam", f"{hostile.url}/endless.png", clock=CLOCK, timeout_s=20.0)
     await cam.connect()
@@ -213,7 +213,7 @@ async def test_endless_http_body_stops_at_the_default_limit(hostile: Hostile) ->
     await cam.close()
 
 
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 async def test_announced_oversized_body_is_refused_unread(hostile: Hostile) -> None:
     cam = OpenCVCamera("cam", f"{hostile.url}/announced.png", clock=CLOCK, timeout_s=5.0)
     await cam.connect()
@@ -224,7 +224,7 @@ async def test_announced_oversized_body_is_refused_unread(hostile: Hostile) -> N
     await cam.close()
 
 
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 async def test_oversized_and_endless_files(tmp_path: Path) -> None:
     sparse = tmp_path / "sparse.png"
     with sparse.open("wb") as f:
@@ -262,7 +262,7 @@ async def test_oversized_and_endless_files(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # cancellation
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 async def test_timeout_stops_the_download(hostile: Hostile) -> None:
     cam = OpenCVCamera("drip", f"{hostile.url}/drip.png", clock=CLOCK, timeout_s=0.3)
     await cam.connect()
@@ -278,7 +278,7 @@ async def test_timeout_stops_the_download(hostile: Hostile) -> None:
     await cam.close()
 
 
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 async def test_cancelled_capture_stops_the_download(hostile: Hostile) -> None:
     cam = OpenCVCamera("drip2", f"{hostile.url}/drip.png", clock=CLOCK, timeout_s=30.0)
     await cam.connect()
@@ -300,7 +300,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 async def test_20000_square_png_refused_before_decoding(
     hostile: Hostile, png_20k: bytes, tmp_path: Path
 ) -> None:
@@ -329,7 +329,7 @@ async def test_20000_square_png_refused_before_decoding(
     assert _peak_rss_mb() - before < 200
 
 
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 async def test_max_pixels_option(tmp_path: Path) -> None:
     path = tmp_path / "small.png"
     assert cv2.imwrite(str(path), np.zeros((100, 200, 3), np.uint8))
@@ -345,7 +345,7 @@ async def test_max_pixels_option(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # 16-bit frames
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.req("KA-DRV-006")
+@pytest.mark.req("KA-BAD-003")
 @pytest.mark.parametrize("where", ["urllib", "opencv", "file"])
 async def test_16_bit_png_is_scaled_not_truncated(
     hostile: Hostile, tmp_path: Path, where: str

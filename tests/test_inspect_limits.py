@@ -82,7 +82,7 @@ def drops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 # pixel limit, read from the header
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.req("KA-VIS-004")
+@pytest.mark.req("KA-BAD-003")
 @pytest.mark.parametrize(
     "suffix", [".png", ".jpg", ".tif", ".bmp", ".webp", ".pnm", ".jp2", ".pfm"]
 )
@@ -102,7 +102,7 @@ def test_header_dimensions_match_the_decoder(suffix: str, kind: str) -> None:
     assert vio.image_dimensions(data.tobytes()) == (decoded.shape[1], decoded.shape[0]) == (53, 37)
 
 
-@pytest.mark.req("KA-VIS-004")
+@pytest.mark.req("KA-BAD-003")
 def test_load_image_refuses_a_20000_square_png_from_its_header(drops: dict[str, Path]) -> None:
     path = drops["huge"]
     assert path.stat().st_size < 200_000
@@ -120,7 +120,7 @@ def test_load_image_refuses_a_20000_square_png_from_its_header(drops: dict[str, 
     assert load_image(drops["clear"], max_pixels=640 * 480).shape[:2] == (480, 640)
 
 
-@pytest.mark.req("KA-VIS-004")
+@pytest.mark.req("KA-BAD-003")
 def test_jpeg_and_tiff_headers_are_checked_too(tmp_path: Path) -> None:
     # a JPEG whose frame header says 20000 x 20000 (SOF0 after an APP0 segment)
     app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
@@ -139,7 +139,7 @@ def test_jpeg_and_tiff_headers_are_checked_too(tmp_path: Path) -> None:
         assert str(path) in str(e.value) and "megapixels" in str(e.value)
 
 
-@pytest.mark.req("KA-VIS-007")
+@pytest.mark.req("KA-BAD-003")
 def test_inspect_reports_an_oversized_file_and_goes_on(drops: dict[str, Path]) -> None:
     paths = [str(drops["crystals"]), str(drops["huge"]), str(drops["clear"])]
     start = time.monotonic()
@@ -179,7 +179,7 @@ def _float_drop(tmp_path: Path, name: str, scale: float, poison: float | None) -
     return path
 
 
-@pytest.mark.req("KA-VIS-004")
+@pytest.mark.req("KA-BAD-003")
 @pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
 def test_float_tiff_with_nan_or_inf_is_refused(tmp_path: Path, poison: float) -> None:
     path = _float_drop(tmp_path, "poisoned.tif", 1.0, poison)
@@ -190,7 +190,7 @@ def test_float_tiff_with_nan_or_inf_is_refused(tmp_path: Path, poison: float) ->
         load_image(path, float_range=(0.0, 1.0))
 
 
-@pytest.mark.req("KA-VIS-004")
+@pytest.mark.req("KA-BAD-003")
 def test_float_tiff_needs_its_range(tmp_path: Path) -> None:
     unit = _float_drop(tmp_path, "unit.tif", 1.0, None)
     assert load_image(unit).dtype == np.uint8  # values in [0, 1]: scaled to 0..255
@@ -209,7 +209,7 @@ def test_float_tiff_needs_its_range(tmp_path: Path) -> None:
         load_image(counts, float_range=(5.0, 1.0))
 
 
-@pytest.mark.req("KA-VIS-007")
+@pytest.mark.req("KA-BAD-003")
 def test_inspect_float_tiffs(tmp_path: Path) -> None:
     nan = _float_drop(tmp_path, "nan.tif", 1.0, math.nan)
     counts = _float_drop(tmp_path, "counts.tif", 4095.0, None)
@@ -231,7 +231,7 @@ def test_inspect_float_tiffs(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # overlay folder
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.req("KA-VIS-007")
+@pytest.mark.req("KA-BAD-003")
 def test_overlay_onto_a_file_fails_up_front(drops: dict[str, Path], tmp_path: Path) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
@@ -244,7 +244,7 @@ def test_overlay_onto_a_file_fails_up_front(drops: dict[str, Path], tmp_path: Pa
     assert a_file.read_text() == "not a folder"
 
 
-@pytest.mark.req("KA-VIS-007")
+@pytest.mark.req("KA-BAD-003")
 def test_one_overlay_that_cannot_be_written_is_that_images_error(
     drops: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -262,7 +262,7 @@ def test_one_overlay_that_cannot_be_written_is_that_images_error(
 # ---------------------------------------------------------------------------------------------
 # --um-per-px and finite JSON
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.req("KA-VIS-007")
+@pytest.mark.req("KA-BAD-003")
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0", "-2"])
 def test_bad_scale_is_refused(drops: dict[str, Path], value: str) -> None:
     result = _run(str(drops["clear"]), "--json", f"--um-per-px={value}")
@@ -272,7 +272,7 @@ def test_bad_scale_is_refused(drops: dict[str, Path], value: str) -> None:
     assert result.stdout == ""
 
 
-@pytest.mark.req("KA-VIS-007")
+@pytest.mark.req("KA-BAD-003")
 def test_json_holds_only_finite_numbers(drops: dict[str, Path]) -> None:
     # a finite but enormous scale overflows the crystal areas and lengths to infinity
     result = _run(str(drops["crystals"]), "--json", "--um-per-px", "1e308")
@@ -292,7 +292,7 @@ def test_json_holds_only_finite_numbers(drops: dict[str, Path]) -> None:
     assert table.returncode == 0 and "n/a" in table.stdout
 
 
-@pytest.mark.req("KA-VIS-007")
+@pytest.mark.req("KA-BAD-003")
 def test_json_line_and_text_replace_non_finite() -> None:
     record = {"a": math.nan, "b": [1.0, math.inf, {"c": -math.inf}], "d": "x", "e": 2}
     for text in (json_line(record), json_text(record, indent=2)):
