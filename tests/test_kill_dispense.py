@@ -1,0 +1,183 @@
+"""The kill test: a driver process killed with SIGKILL at random instants of a dispense.
+
+`kiboauto hil serve` runs the pumps in its own process, as a rig does. For each trial a driver
+process (``tests/dispense_worker.py start``) prepares a dispense, writes its marker durably, starts
+the dispense, and is killed at a random instant: before the marker is written, between the marker
+and the start, mid-move, or after the end. A new process (``finish``) then asks the pump what was
+delivered since the marker and completes exactly the remainder. The simulator's ground truth
+(``{"truth": true}`` on the control port: volume moved since power-on, which no host command can
+clear) must show exactly the target, to one motor step, every time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+WORKER = Path(__file__).with_name("dispense_worker.py")
+KIBOAUTO = [sys.executable, "-m", "kiboauto"]
+LANES = 4  # pumps of each kind, killed side by side
+TRIALS = 10  # per kind: 20 kills in all
+
+NEWERA = {
+    "volume": "20 uL",
+    "rate": "400 uL/min",  # 3 s
+    "target_ul": 20.0,
+    "truth_key": "infused_ul",
+    "options": {"diameter_mm": 4.78},
+    "step_ul": 0.001,
+    "kill_window": (0.3, 4.5),
+}
+CAVRO = {
+    "volume": "150 uL",
+    "rate": "4500 uL/min",  # 1800 steps at 3600 pulses/s: 1 s
+    "target_ul": 150.0,
+    "truth_key": "dispensed_ul",
+    "options": {},
+    "step_ul": 250.0 / 3000,
+    "kill_window": (0.3, 3.2),
+}
+
+
+def _rig() -> dict[str, Any]:
+    devices: dict[str, Any] = {}
+    for i in range(LANES):
+        devices[f"ne{i}"] = {"protocol": "newera", "options": {"diameter_mm": 4.78}}
+        devices[f"cv{i}"] = {"protocol": "cavro", "options": {"address": 1}}
+    return {"devices": devices}
+
+
+def _truth(control: int) -> dict[str, Any]:
+    with socket.create_connection(("127.0.0.1", control), timeout=10) as conn:
+        conn.sendall(b'{"truth": true}\n')
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    assert reply["ok"], reply
+    truth: dict[str, Any] = reply["truth"]
+    return truth
+
+
+def _worker(
+    mode: str, kind: str, port: str, journal: Path, spec: dict[str, Any]
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(WORKER),
+            mode,
+            kind,
+            port,
+            str(journal),
+            spec["volume"],
+            spec["rate"],
+            json.dumps(spec["options"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{err[-3000:]}"
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+@pytest.fixture(scope="module")
+def hil(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    rig = tmp_path_factory.mktemp("kill") / "rig.yaml"
+    rig.write_text(yaml.safe_dump(_rig()), encoding="utf-8")
+    proc = subprocess.Popen(
+        [*KIBOAUTO, "hil", "serve", "--rig", str(rig)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.communicate(timeout=10)[1]
+    ports = json.loads(line)
+    try:
+        yield ports
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.req("KA-HIL-011")
+@pytest.mark.req("KA-DEV-003")
+@pytest.mark.parametrize("kind", ["newera", "cavro"])
+def test_killed_mid_dispense_a_new_process_completes_exactly_the_target(
+    kind: str, hil: dict[str, Any], tmp_path: Path
+) -> None:
+    spec = NEWERA if kind == "newera" else CAVRO
+    prefix = "ne" if kind == "newera" else "cv"
+    control = int(hil["_control"]["port"].rsplit(":", 1)[1])
+    rng = random.Random(20261206 + len(kind))
+    outcomes: list[tuple[float, float, dict[str, Any]]] = []
+    for first in range(0, TRIALS, LANES):
+        lanes = [f"{prefix}{i}" for i in range(min(LANES, TRIALS - first))]
+        if kind == "cavro":
+            setups = [
+                _worker("setup", kind, hil[n]["port"], tmp_path / "unused", spec) for n in lanes
+            ]
+            for proc, name in zip(setups, lanes, strict=True):
+                _finish(proc, f"setup of {name}")
+        before = _truth(control)
+        journals = {n: tmp_path / f"trial{first}-{n}.jsonl" for n in lanes}
+        starts = {n: _worker("start", kind, hil[n]["port"], journals[n], spec) for n in lanes}
+        # Kill instants spread over the whole life of the process: start-up (before the marker),
+        # the marker and the start command, the move itself, and (rarely) after the end.
+        kill_at = {n: rng.uniform(*spec["kill_window"]) for n in lanes}
+        began = time.monotonic()
+        finishers: dict[str, subprocess.Popen[str]] = {}
+        for name in sorted(lanes, key=kill_at.__getitem__):
+            delay = kill_at[name] - (time.monotonic() - began)
+            if delay > 0:
+                time.sleep(delay)
+            starts[name].send_signal(signal.SIGKILL)
+            starts[name].communicate(timeout=30)
+            # The replacement comes up at once, as after a watchdog reset.
+            finishers[name] = _worker("finish", kind, hil[name]["port"], journals[name], spec)
+        results = {n: _finish(p, f"finish on {n}") for n, p in finishers.items()}
+        after = _truth(control)
+        for name in lanes:
+            moved = after[name][spec["truth_key"]] - before[name][spec["truth_key"]]
+            outcomes.append((kill_at[name], moved, results[name]))
+    report = "\n".join(f"killed at {k:.2f} s: truth {m:.4f} uL, {r}" for k, m, r in outcomes)
+    print(report)
+    assert len(outcomes) == TRIALS
+    for kill, moved, result in outcomes:
+        assert moved == pytest.approx(spec["target_ul"], abs=spec["step_ul"] * 1.01), (
+            f"killed at {kill:.2f} s: the pump moved {moved} uL for a {spec['target_ul']} uL "
+            f"dispense (finisher said {result})"
+        )
+        assert result["delivered_ul"] == pytest.approx(
+            spec["target_ul"], abs=spec["step_ul"] * 1.01
+        )
+    # The instants really covered the ground: some kills came before the marker, some mid-move.
+    assert any(not r["resumed"] for _, _, r in outcomes)
+    assert any(r["resumed"] for _, _, r in outcomes)
+    assert any(
+        r.get("found_ul", 0.0) < spec["target_ul"] for _, _, r in outcomes if r["resumed"]
+    ), report
