@@ -131,6 +131,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_DEGC = ureg.Unit("degC")  # parsed once: unit strings cost a parse on every quantity
+_PV_KEYS = frozenset(f"pv:0x{code:04X}" for code in PV_ERRORS)
+"""Alarm-condition keys of the PV error codes (see ``_observe_pv``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,6 +667,8 @@ class ModbusThermalController:
             log.info("%s: %s no longer reported", self.name, key)
 
     def _observe_pv(self, word: int) -> None:
+        if word not in PV_ERRORS and not self._present.intersection(_PV_KEYS):
+            return  # the common case, on every PV read: a temperature and no error pending
         for code, meaning in PV_ERRORS.items():
             text = f"0x{code:04X}"
             severity = Severity.MINOR if code == 0x8002 else Severity.MAJOR
@@ -708,12 +713,12 @@ class ModbusThermalController:
     async def read_temperature(self) -> AnyQuantity:
         """Process value as a ``degC`` quantity (:class:`DeviceAlarm` for a sensor error)."""
         (word,) = await self.read_registers(REG_PV, 1)
-        return Q_(self._check_pv(word), "degC")
+        return Q_(self._check_pv(word), _DEGC)
 
     async def read_setpoint(self) -> AnyQuantity:
         """Set value (1001h) as a ``degC`` quantity."""
         (word,) = await self.read_registers(REG_SV, 1)
-        return Q_(from_word(word) / 10.0, "degC")
+        return Q_(from_word(word) / 10.0, _DEGC)
 
     async def read_limits(self) -> tuple[float, float]:
         """(lower, upper) limits of the temperature range in degC; SV must lie inside."""

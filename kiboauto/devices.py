@@ -397,6 +397,10 @@ class ActionStatus(Awaitable[Any]):
         self._resume = resume
         self.paused = False
         self.marker: ActionMarker | None = None
+        # A pump action's account once it has ended (success, error, stop or cancel): the volume
+        # read back from the device, or None with the reason it could not be read.
+        self.delivered_ul: float | None = None
+        self.delivered_unknown: str = ""
         self._task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(
             body(self), name=f"action:{name}"
         )
