@@ -3,13 +3,15 @@
     python tests/dispense_worker.py start  DRIVER PORT JOURNAL VOLUME RATE [OPTIONS_JSON]
     python tests/dispense_worker.py finish DRIVER PORT JOURNAL VOLUME RATE [OPTIONS_JSON]
     python tests/dispense_worker.py setup  DRIVER PORT JOURNAL VOLUME RATE [OPTIONS_JSON]
+    python tests/dispense_worker.py naive  DRIVER PORT JOURNAL VOLUME RATE [OPTIONS_JSON]
 
 ``start`` prepares a dispense, writes its marker to JOURNAL (fsynced, renamed into place) and only
 then starts it: the rule "intent before action". ``finish`` is the process that comes up after a
 crash: with a marker in JOURNAL it asks the device what was delivered and completes exactly the
 remainder (:func:`kiboauto.actions.complete`); with none, nothing was started, so it runs the whole
-dispense. ``setup`` makes a Cavro pump ready (initialised, syringe filled). Each prints one JSON
-line with what it saw.
+dispense. ``naive`` is a restarted process that ignores the journal and simply issues the dispense
+again (what the device layer must survive without moving anything twice). ``setup`` makes a Cavro
+pump ready (initialised, syringe filled). Each prints one JSON line with what it saw.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from kiboauto.actions import complete, run_once
 from kiboauto.clock import RealClock
-from kiboauto.devices import ActionMarker
+from kiboauto.devices import ActionMarker, DeviceError
 from kiboauto.drivers.streams import serial_connector
 from kiboauto.drivers.transport import SerialTransport
 
@@ -80,6 +82,16 @@ async def main(
         async def commit(marker: ActionMarker) -> None:
             _append(journal, marker.to_json())
 
+        if mode == "naive":
+            try:
+                result = await pump.dispense(volume, rate)
+            except DeviceError as e:
+                return {
+                    "error": type(e).__name__,
+                    "message": e.message,
+                    "delivered_ul": e.delivered_ul,
+                }
+            return {"delivered_ul": result.delivered_ul}
         if mode == "start":
             print(json.dumps({"starting": True}), flush=True)
             result = await run_once(pump, "dispense", volume, rate, commit)

@@ -181,3 +181,36 @@ def test_killed_mid_dispense_a_new_process_completes_exactly_the_target(
     assert any(
         r.get("found_ul", 0.0) < spec["target_ul"] for _, _, r in outcomes if r["resumed"]
     ), report
+
+
+@pytest.mark.req("KA-DEV-004")
+def test_a_dispense_reissued_after_a_crash_is_refused_and_never_stops_the_surviving_move(
+    hil: dict[str, Any], tmp_path: Path
+) -> None:
+    """The reviewer's case: a restarted process re-issues a dispense while the dead process's
+    150 uL move still runs. The pump refuses it as busy, and the driver must not send `T`: the
+    surviving move delivers all 150 uL (it stopped at 48.6 uL before this issue)."""
+    spec = dict(CAVRO, rate="1500 uL/min")  # 6 s: long enough to restart into it
+    port = hil["cv0"]["port"]
+    control = int(hil["_control"]["port"].rsplit(":", 1)[1])
+    _finish(_worker("setup", "cavro", port, tmp_path / "unused", spec), "setup")
+    before = _truth(control)["cv0"]
+    first = _worker("start", "cavro", port, tmp_path / "journal.jsonl", spec)
+    assert first.stdout is not None
+    assert json.loads(first.stdout.readline()) == {"starting": True}
+    deadline = time.monotonic() + 10
+    while _truth(control)["cv0"]["motion"] != "plunger":
+        assert time.monotonic() < deadline, "the first process's move never started"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    second = _finish(_worker("naive", "cavro", port, tmp_path / "unused", spec), "re-issue")
+    assert second["error"] == "DeviceBusy", second
+    assert second["delivered_ul"] == 0.0
+    while _truth(control)["cv0"]["busy"]:
+        assert time.monotonic() < deadline + 10, "the surviving move never ended"
+        time.sleep(0.1)
+    after = _truth(control)["cv0"]
+    assert after["dispensed_ul"] - before["dispensed_ul"] == pytest.approx(
+        150.0, abs=CAVRO["step_ul"]
+    )
