@@ -4,26 +4,28 @@ The controller is a Modbus slave (address 1 by default, 9600 baud; we use RTU fr
 bits, no parity, 1 stop bit). Temperatures travel as signed 16-bit words in tenths of a degree;
 run/stop and the status lamps are single bits. Every Modbus request is built by pymodbus's PDU
 classes and RTU framer (CRC included) and every reply PDU is decoded by pymodbus; this module
-chooses addresses, counts and values, checks that each reply belongs to its request, and carries
-the frames over our own :class:`~kiboauto.drivers.transport.SerialTransport` so the line is
-traced, timed by the injected clock and reconnected like every other device.
+chooses addresses, counts and values, checks what each reply holds, and carries the frames over
+our own :class:`~kiboauto.drivers.transport.SerialTransport` so the line is traced, timed by the
+injected clock and reconnected like every other device. It is the driver core: raw reads and
+writes, temperatures, status, readings and settle. The rest lives beside it:
 
-Replies are matched to requests. An RTU reply carries no transaction number, so the parser of
-each request accepts only a frame from our unit with the request's function code and the exact
-shape of its answer (the byte count of a read, the echoed address and value of a write). After a
-timeout or a bad frame the transport sends :data:`RESYNC_WORDS` holding registers' read, a count
-no other request of this driver uses, and throws away every frame until its answer (a 16-byte
-read reply nothing else can produce). Only then does the next request go out, so a late reply is
-never taken for another request's.
+- :mod:`kiboauto.drivers.modbus_tc_wire`: the register and bit addresses, the device's message
+  constants, which the simulator in ``kiboauto.hil.thermal_sim`` imports too, so both sides
+  agree by construction;
+- :mod:`kiboauto.drivers.modbus_tc_frames`: the request kinds and :data:`IDEMPOTENT` (which
+  requests may be repeated after a lost reply, declared once), the parsers that match each reply
+  to its request (an RTU reply carries no transaction number) and the resynchronisation query
+  :data:`RESYNC_WORDS` sent after a timeout or a bad frame, so a late reply is never taken for
+  another request's;
+- :mod:`kiboauto.drivers.modbus_tc_alarms`: everything the device reports that is an alarm (PV
+  error codes, alarm lamps, the system alarm) is latched in
+  :attr:`ModbusThermalController.alarms`, from whichever read saw it (slave device failure is
+  latched here, by :meth:`ModbusThermalController._transact`);
+- :mod:`kiboauto.drivers.modbus_tc_status` (:class:`ThermalStatus`) and
+  :mod:`kiboauto.drivers.modbus_tc_errors` (the driver's own errors).
 
-Which requests may be repeated after a lost reply is declared once, in :data:`IDEMPOTENT`.
-Everything the device reports that is an alarm (PV error codes, alarm lamps, the system alarm,
-slave device failure) is latched in :attr:`ModbusThermalController.alarms`, from whichever read
-saw it.
-
-The register and bit addresses are the device's message constants, in
-:mod:`kiboauto.drivers.modbus_tc_wire`, which the simulator in ``kiboauto.hil.thermal_sim``
-imports too, so both sides agree by construction.
+Every public name this module offered before the split is still imported from here (see
+``__all__``).
 """
 
 from __future__ import annotations
@@ -31,15 +33,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from types import MappingProxyType
-from typing import Any, ClassVar, Final
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from pymodbus.framer import FramerRTU
-from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu import DecodePDU, ModbusPDU
 from pymodbus.pdu.bit_message import ReadDiscreteInputsRequest, WriteSingleCoilRequest
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersRequest,
@@ -65,6 +63,18 @@ from kiboauto.devices import (
 )
 from kiboauto.units import Q_, UnitError, as_quantity, magnitude_in, ureg
 
+from .modbus_tc_alarms import AlarmConditions, system_alarm_code
+from .modbus_tc_errors import InvalidRequest, ModbusExceptionReply, SetpointOutOfRange
+from .modbus_tc_frames import (
+    IDEMPOTENT,
+    RESYNC_ADDRESS,
+    RESYNC_WORDS,
+    RequestKind,
+    reply_parser,
+    request_kind,
+    resync_parse,
+)
+from .modbus_tc_status import ThermalStatus, heater_cooler
 from .modbus_tc_wire import (
     _STATUS_BITS,
     BIT_ALARM1_LED,
@@ -78,9 +88,6 @@ from .modbus_tc_wire import (
     CONTROL_METHODS,
     EXCEPTION_NAMES,
     HEAT_COOL_MODES,
-    LED_AL1,
-    LED_AL2,
-    LED_AL3,
     MAX_READ_BITS,
     MAX_READ_WORDS,
     OUTPUT_MAX_TENTHS,
@@ -102,7 +109,7 @@ from .modbus_tc_wire import (
     tenths,
     to_word,
 )
-from .transport import BadFrame, Resync, SerialTransport
+from .transport import Resync, SerialTransport
 
 __all__ = [
     "BIT_ALARM1_LED",
@@ -132,65 +139,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _DEGC = ureg.Unit("degC")  # parsed once: unit strings cost a parse on every quantity
-_PV_KEYS = frozenset(f"pv:0x{code:04X}" for code in PV_ERRORS)
-"""Alarm-condition keys of the PV error codes (see ``_observe_pv``)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# What may be sent twice: declared once
-# ---------------------------------------------------------------------------------------------
-class RequestKind(StrEnum):
-    """Every kind of request this driver sends (see :func:`request_kind`)."""
-
-    READ_WORDS = "read holding registers (03)"
-    READ_BITS = "read bits (02)"
-    WRITE_WORD = "write one register (06): an absolute setting"
-    WRITE_WORDS = "write consecutive registers (10h): absolute settings"
-    WRITE_SWITCH = "write one bit (05) to an absolute on/off setting"
-    START_AUTOTUNE = "set bit 0813h: starts the auto-tuning procedure"
-
-
-IDEMPOTENT: Final[Mapping[RequestKind, bool]] = MappingProxyType(
-    {
-        # queries change nothing
-        RequestKind.READ_WORDS: True,
-        RequestKind.READ_BITS: True,
-        # every register of this map holds an absolute value: the second write of the same
-        # value leaves the controller as the first one did
-        RequestKind.WRITE_WORD: True,
-        RequestKind.WRITE_WORDS: True,
-        # RUN/STOP, write-in, unit, decimal point and "auto-tuning off" are states, not toggles
-        RequestKind.WRITE_SWITCH: True,
-        # starting auto-tuning starts a procedure: a second start could restart it
-        RequestKind.START_AUTOTUNE: False,
-    }
-)
-"""Which request kinds the transport may send again after a timeout or a garbled reply."""
-
-
-def request_kind(function_code: int, address: int = 0, on: bool = False) -> RequestKind:
-    """The kind of a request, from its function code (and, for bit writes, address and value)."""
-    if function_code == 0x03:
-        return RequestKind.READ_WORDS
-    if function_code == 0x02:
-        return RequestKind.READ_BITS
-    if function_code == 0x06:
-        return RequestKind.WRITE_WORD
-    if function_code == 0x10:
-        return RequestKind.WRITE_WORDS
-    if function_code == 0x05:
-        if address == BIT_AUTOTUNE and on:
-            return RequestKind.START_AUTOTUNE
-        return RequestKind.WRITE_SWITCH
-    raise ValueError(f"this driver sends no function 0x{function_code:02X}")
-
-
-#: The resynchronisation query: holding registers 1000h..1007h in one read. No other request of
-#: this driver reads 8 words (a caller's 8-word read is sent as two 4-word reads), so its answer,
-#: function 03 with byte count 16, can only belong to it.
-RESYNC_ADDRESS: Final = REG_PV
-RESYNC_WORDS: Final = MAX_READ_WORDS
-_LONGEST_REPLY = 5 + 2 * RESYNC_WORDS  # no request of ours is answered by a longer frame
 
 # holding registers whose contents are range-checked on every read: (low, high, signed)
 _WORD_RANGES: dict[int, tuple[int, int, bool]] = {
@@ -203,100 +151,6 @@ _WORD_RANGES: dict[int, tuple[int, int, bool]] = {
     REG_OUTPUT1: (0, OUTPUT_MAX_TENTHS, False),
     REG_OUTPUT2: (0, OUTPUT_MAX_TENTHS, False),
 }
-
-# alarm lamps: name, bit address, bit in the LED word
-_LAMPS: tuple[tuple[str, int, int], ...] = (
-    ("AL1", BIT_ALARM1_LED, LED_AL1),
-    ("AL2", BIT_ALARM2_LED, LED_AL2),
-    ("AL3", BIT_ALARM3_LED, LED_AL3),
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors and status
-# ---------------------------------------------------------------------------------------------
-class ModbusExceptionReply(DeviceAlarm):
-    """The controller answered with a Modbus exception (``code`` is ``"modbus-0x02"`` etc.)."""
-
-    def __init__(self, device: str, function_code: int, exception_code: int, what: str) -> None:
-        name = EXCEPTION_NAMES.get(exception_code, "unknown exception")
-        super().__init__(
-            device,
-            f"modbus-0x{exception_code:02X}",
-            f"{what} refused (function 0x{function_code:02X}): {name}",
-        )
-        self.function_code = function_code
-        self.exception_code = exception_code
-
-
-class InvalidRequest(DeviceError, ValueError):
-    """A request this driver cannot send (a count, address, value or unit the caller gave)."""
-
-
-class SetpointOutOfRange(InvalidRequest):
-    """A set value outside the controller's configured temperature range."""
-
-
-@dataclass(frozen=True)
-class ThermalStatus:
-    """One look at the controller: what ``status()`` returns."""
-
-    pv: float | None  # degC, None while the PV register holds an error code
-    pv_error: str | None  # "0x8003" etc.
-    sv: float
-    running: bool
-    control_method: str
-    heat_cool: str
-    output1_pct: float
-    output2_pct: float
-    alarm1: bool
-    alarm2: bool
-    alarm3: bool
-    system_alarm: bool
-    autotuning: bool
-    leds: int
-    limits: tuple[float, float]
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def alarms(self) -> list[str]:
-        names = [("AL1", self.alarm1), ("AL2", self.alarm2), ("AL3", self.alarm3)]
-        out = [n for n, on in names if on]
-        if self.system_alarm:
-            out.append("SYS")
-        if self.pv_error:
-            out.append(self.pv_error)
-        return out
-
-    @property
-    def heater_pct(self) -> float | None:
-        """The heating output's level, by the heating/cooling selection (None: no heater)."""
-        return _heater_cooler(self.heat_cool, self.output1_pct, self.output2_pct)[0]
-
-    @property
-    def cooler_pct(self) -> float | None:
-        """The cooling output's level (None when the selection has no cooling output)."""
-        return _heater_cooler(self.heat_cool, self.output1_pct, self.output2_pct)[1]
-
-
-def _heater_cooler(mode: str, out1: float, out2: float) -> tuple[float | None, float | None]:
-    """(heater, cooler) levels for a heating/cooling selection (1006h) and output levels."""
-    if mode == "heating":
-        return out1, None
-    if mode == "cooling":
-        return None, out1
-    if mode == "cooling/heating":
-        return out2, out1
-    return out1, out2  # "heating/cooling": heater on output 1, cooler on output 2
-
-
-@dataclass(frozen=True)
-class _Stop:
-    """An alarm that ends a settle: latched as event number ``number``."""
-
-    number: int
-    code: str
-    message: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,8 +206,7 @@ class ModbusThermalController:
         self.firmware = ""
         self.last_status: ThermalStatus | None = None
         self.alarms = AlarmLatch(name)
-        self._present: set[str] = set()  # alarm conditions the last reads showed
-        self._stops: deque[_Stop] = deque(maxlen=256)
+        self._conditions = AlarmConditions(name, self.alarms, clock)
         resync = self._framer.buildFrame(
             ReadHoldingRegistersRequest(address=RESYNC_ADDRESS, count=RESYNC_WORDS, dev_id=unit)
         )
@@ -418,85 +271,15 @@ class ModbusThermalController:
         )
 
     # -- frames ----------------------------------------------------------------------------------
-    def _decode_pdu(self, pdu_bytes: bytes) -> ModbusPDU:
-        try:
-            pdu = self._framer.decoder.decode(pdu_bytes)
-        except Exception as e:  # pymodbus raises its own exceptions, struct.error, ...
-            raise BadFrame(f"pymodbus cannot decode PDU {pdu_bytes.hex(' ')}: {e}") from e
-        if pdu is None:
-            raise BadFrame(f"pymodbus cannot decode PDU {pdu_bytes.hex(' ')}")
-        return pdu
-
     def _parser(
         self, function_code: int, reply_size: int, echo: bytes | None = None
     ) -> Callable[[bytes], tuple[ModbusPDU, int] | None]:
-        """Frame parser for the reply to one request.
-
-        It accepts only a frame from our unit, with the request's function code (or its
-        exception), exactly ``reply_size`` bytes long (so a read's byte count must be the one
-        asked for), with a good CRC and, for writes, the request's ``echo`` (the PDU the
-        controller must send back: address and value, or address and count). Anything else is
-        :class:`BadFrame` at once; fewer bytes are incomplete (``None``).
-        """
-        unit = self.unit
-
-        def parse(buf: bytes) -> tuple[ModbusPDU, int] | None:
-            if not buf:
-                return None
-            if buf[0] != unit:
-                raise BadFrame(f"reply from unit {buf[0]}, expected unit {unit}")
-            if len(buf) < 2:
-                return None
-            fc = buf[1]
-            if fc & 0x7F != function_code:
-                raise BadFrame(f"reply has function 0x{fc:02X}, request had 0x{function_code:02X}")
-            exception = bool(fc & 0x80)
-            size = ExceptionResponse.rtu_frame_size if exception else reply_size
-            if not exception and echo is None and len(buf) >= 3 and buf[2] + 5 != reply_size:
-                raise BadFrame(f"byte count {buf[2]}, expected {reply_size - 5}")
-            if len(buf) < size:
-                return None
-            frame = buf[:size]
-            if not FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big")):
-                raise BadFrame("RTU CRC check failed")
-            pdu_bytes = frame[1:-2]
-            if echo is not None and not exception and pdu_bytes != echo:
-                raise BadFrame(f"echo {pdu_bytes.hex(' ')} differs from request {echo.hex(' ')}")
-            return self._decode_pdu(pdu_bytes), size
-
-        return parse
+        """Frame parser for the reply to one request (see :func:`.reply_parser`)."""
+        return reply_parser(self._framer, self.unit, function_code, reply_size, echo)
 
     def _resync_parse(self, buf: bytes) -> tuple[bool, int] | None:
-        """Cut one frame off ``buf``: (True, n) for the resync answer, (False, n) otherwise.
-
-        Bytes that cannot start a reply of ours (another unit, an unknown function, a frame
-        longer than any reply we provoke, a bad CRC) are skipped up to the next byte that could.
-        """
-        unit = self.unit
-
-        def skip() -> tuple[bool, int]:
-            nxt = buf.find(bytes([unit]), 1)
-            return False, nxt if nxt > 0 else len(buf)
-
-        if not buf:
-            return None
-        if buf[0] != unit:
-            return skip()
-        if len(buf) < 2:
-            return None
-        fc = buf[1]
-        try:
-            pdu_class = self._framer.decoder.lookupPduClass(buf)
-            size = pdu_class.calculateRtuFrameSize(buf) if pdu_class is not None else -1
-        except Exception:  # a function pymodbus cannot size
-            size = -1
-        if size < 0 or size > _LONGEST_REPLY:
-            return skip()
-        if size == 0 or len(buf) < size:
-            return None  # the byte count, or the rest of the frame, is still on its way
-        if not FramerRTU.check_CRC(buf[: size - 2], int.from_bytes(buf[size - 2 : size], "big")):
-            return skip()
-        return fc == 0x03 and buf[2] == 2 * RESYNC_WORDS, size
+        """Cut one frame off ``buf``: (True, n) for the resync answer (:func:`.resync_parse`)."""
+        return resync_parse(self._framer, self.unit, buf)
 
     async def _transact(
         self,
@@ -517,7 +300,7 @@ class ModbusThermalController:
         try:
             reply = await self.transport.request(
                 frame,
-                self._parser(fc, reply_size, echo),
+                reply_parser(self._framer, self.unit, fc, reply_size, echo),
                 timeout=self.timeout,
                 retries=self.retries if IDEMPOTENT[kind] else 0,
                 what=what,
@@ -571,9 +354,9 @@ class ModbusThermalController:
             self._check_word(address + offset, word)
         for offset, word in enumerate(words):
             if address + offset == REG_PV:
-                self._observe_pv(word)
+                self._conditions.observe_pv(word)
             elif address + offset == REG_LED_STATUS:
-                self._observe_leds(word)
+                self._conditions.observe_leds(word)
         return words
 
     def _check_word(self, address: int, word: int) -> None:
@@ -591,12 +374,10 @@ class ModbusThermalController:
         """One holding register (function 06); the controller echoes the request."""
         if not 0 <= address <= 0xFFFF or not 0 <= word <= 0xFFFF:
             raise InvalidRequest(self.name, f"cannot write 0x{word:X} to 0x{address:X}")
-        await self._transact(
+        await self._write(
             WriteSingleRegisterRequest(address=address, registers=[word]),
             RequestKind.WRITE_WORD,
-            8,
-            what=f"write 0x{address:04X}=0x{word:04X}",
-            echo_len=5,
+            f"write 0x{address:04X}=0x{word:04X}",
         )
 
     async def write_registers(self, address: int, words: list[int]) -> None:
@@ -605,12 +386,10 @@ class ModbusThermalController:
             raise InvalidRequest(self.name, f"write 1..{MAX_READ_WORDS} registers at a time")
         if any(not 0 <= w <= 0xFFFF for w in words):
             raise InvalidRequest(self.name, f"register values must be 0..FFFFh: {words}")
-        await self._transact(
+        await self._write(
             WriteMultipleRegistersRequest(address=address, registers=words, count=len(words)),
             RequestKind.WRITE_WORDS,
-            8,
-            what=f"write 0x{address:04X}x{len(words)}",
-            echo_len=5,
+            f"write 0x{address:04X}x{len(words)}",
         )
 
     async def read_bits(self, address: int, count: int = 1) -> list[bool]:
@@ -627,7 +406,7 @@ class ModbusThermalController:
         if len(bits) < count:
             raise self._unbelievable(f"asked for {count} bits, got {len(bits)}")
         bits = bits[:count]
-        self._observe_bits(address, bits)
+        self._conditions.observe_bits(address, bits)
         return bits
 
     async def write_bit(self, address: int, on: bool) -> None:
@@ -638,70 +417,22 @@ class ModbusThermalController:
         """
         if not 0 <= address <= 0xFFFF:
             raise InvalidRequest(self.name, f"no bit 0x{address:X}")
-        await self._transact(
+        await self._write(
             WriteSingleCoilRequest(address=address, bits=[bool(on)]),
             request_kind(0x05, address, bool(on)),
-            8,
-            what=f"write bit 0x{address:04X}={int(on)}",
-            echo_len=5,
+            f"write bit 0x{address:04X}={int(on)}",
         )
 
+    async def _write(self, request: ModbusPDU, kind: RequestKind, what: str) -> None:
+        """Send a write (05, 06 or 10h): its 8-byte reply echoes the request's first 5 PDU bytes
+        (address and value, or address and count)."""
+        await self._transact(request, kind, 8, what=what, echo_len=5)
+
     # -- alarms ------------------------------------------------------------------------------------
-    def _condition(
-        self,
-        key: str,
-        present: bool,
-        code: str,
-        message: str,
-        severity: Severity = Severity.MAJOR,
-        stops: bool = False,
-    ) -> None:
-        """Latch ``code`` when condition ``key`` appears; forget the condition when it is gone."""
-        if present and key not in self._present:
-            self._present.add(key)
-            self.alarms.latch(code, message, self.clock.wall(), severity)
-            if stops:
-                self._stops.append(_Stop(self.alarms.count, code, message))
-        elif not present and key in self._present:
-            self._present.discard(key)
-            log.info("%s: %s no longer reported", self.name, key)
-
-    def _observe_pv(self, word: int) -> None:
-        if word not in PV_ERRORS and not self._present.intersection(_PV_KEYS):
-            return  # the common case, on every PV read: a temperature and no error pending
-        for code, meaning in PV_ERRORS.items():
-            text = f"0x{code:04X}"
-            severity = Severity.MINOR if code == 0x8002 else Severity.MAJOR
-            self._condition(f"pv:{text}", word == code, text, meaning, severity, stops=True)
-
-    def _observe_leds(self, word: int) -> None:
-        for lamp, _bit, mask in _LAMPS:
-            self._condition(f"lamp:{lamp}", bool(word & mask), lamp, f"alarm {lamp[-1]} acting")
-
-    def _observe_bits(self, address: int, bits: list[bool]) -> None:
-        seen = dict(zip(range(address, address + len(bits)), bits, strict=True))
-        lit: list[str] = []
-        for lamp, bit, _mask in _LAMPS:
-            if bit in seen:
-                self._condition(f"lamp:{lamp}", seen[bit], lamp, f"alarm {lamp[-1]} acting")
-            if seen.get(bit, f"lamp:{lamp}" in self._present):
-                lit.append(lamp)
-        if BIT_SYSTEM_ALARM in seen:
-            code = lit[0] if lit else "SYS"
-            self._condition(
-                "SYS",
-                seen[BIT_SYSTEM_ALARM],
-                code,
-                "system alarm acting: control outputs are off",
-                stops=True,
-            )
-
     async def check_alarms(self) -> None:
         """Raise :class:`DeviceAlarm` if the system alarm (the over-temperature trip) acts."""
-        bits = await self.read_bits(BIT_AT_LED, _STATUS_BITS)
-        if bits[BIT_SYSTEM_ALARM - BIT_AT_LED]:
-            lamps = [n for n, b, _m in _LAMPS if bits[b - BIT_AT_LED]]
-            code = lamps[0] if lamps else "SYS"
+        code = system_alarm_code(await self.read_bits(BIT_AT_LED, _STATUS_BITS))
+        if code is not None:
             raise DeviceAlarm(self.name, code, "system alarm acting: control outputs are off")
 
     # -- temperatures --------------------------------------------------------------------------
@@ -895,7 +626,7 @@ class ModbusThermalController:
         """Units and limits of :meth:`read` (temperature limits: the controller's range, as read
         at connect or by the last status; the outputs shown follow its heating/cooling mode)."""
         limits = self._limits
-        heater, cooler = _heater_cooler(self._heat_cool or "heating/cooling", 0.0, 0.0)
+        heater, cooler = heater_cooler(self._heat_cool or "heating/cooling", 0.0, 0.0)
         out: dict[str, ReadingDescription] = {
             "temperature": ReadingDescription(
                 "degC", limits, "process value PV (1000h); NaN and INVALID on a sensor error"
@@ -969,20 +700,6 @@ class ModbusThermalController:
 
         return ActionStatus(f"{self.name}:settle {t:g} degC", body)
 
-    def _stopping_alarm(self, cursor: int, pv_word: int, bits: list[bool]) -> DeviceAlarm | None:
-        """The alarm that ends a settle: latched since ``cursor`` by any reader, or acting now."""
-        for stop in self._stops:
-            if stop.number > cursor:
-                return DeviceAlarm(self.name, stop.code, stop.message)
-        if pv_word in PV_ERRORS:
-            return DeviceAlarm(self.name, f"0x{pv_word:04X}", PV_ERRORS[pv_word])
-        if bits[BIT_SYSTEM_ALARM - BIT_AT_LED]:
-            lamps = [n for n, b, _m in _LAMPS if bits[b - BIT_AT_LED]]
-            return DeviceAlarm(
-                self.name, lamps[0] if lamps else "SYS", "system alarm acting: outputs are off"
-            )
-        return None
-
     async def _settle_loop(
         self,
         status: ActionStatus,
@@ -1001,7 +718,7 @@ class ModbusThermalController:
         while True:
             (word,) = await self.read_registers(REG_PV, 1)
             bits = await self.read_bits(BIT_AT_LED, _STATUS_BITS)
-            alarm = self._stopping_alarm(cursor, word, bits)
+            alarm = self._conditions.stopping_alarm(cursor, word, bits)
             if alarm is not None:
                 log.info("%s: settle to %.1f °C stopped by %s", self.name, t, alarm)
                 raise alarm
