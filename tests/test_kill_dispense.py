@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import random
+import selectors
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +38,16 @@ NEWERA = {
     "truth_key": "infused_ul",
     "options": {"diameter_mm": 4.78},
     "step_ul": 0.001,
-    "kill_window": (0.3, 4.5),
+    "move_s": 3.0,
 }
 CAVRO = {
     "volume": "150 uL",
-    "rate": "4500 uL/min",  # 1800 steps at 3600 pulses/s: 1 s
+    "rate": "4500 uL/min",  # 1800 steps at 3600 pulses/s: 1 s, plus valve and checks
     "target_ul": 150.0,
     "truth_key": "dispensed_ul",
     "options": {},
     "step_ul": 250.0 / 3000,
-    "kill_window": (0.3, 3.2),
+    "move_s": 2.0,
 }
 
 
@@ -100,6 +102,45 @@ def _finish(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
     return result
 
 
+def _kill_by_plan(
+    starts: dict[str, subprocess.Popen[str]],
+    plans: dict[str, tuple[str, float]],
+    replace: Callable[[str], None],
+) -> dict[str, float]:
+    """SIGKILL each process at its planned instant: ``("start-up", t)`` is ``t`` s after it was
+    spawned, ``("action", t)`` is ``t`` s after it printed that it is starting the action; then
+    ``replace(name)`` at once, as after a watchdog reset. Returns seconds from spawn to kill."""
+    spawned = time.monotonic()
+    acting: dict[str, float] = {}
+    kill_at: dict[str, float] = {}
+    with selectors.DefaultSelector() as sel:
+        for name, proc in starts.items():
+            assert proc.stdout is not None
+            if plans[name][0] == "action":
+                sel.register(proc.stdout, selectors.EVENT_READ, name)
+        while len(kill_at) < len(starts):
+            now = time.monotonic()
+            for name, proc in starts.items():
+                if name in kill_at:
+                    continue
+                phase, delay = plans[name]
+                origin = spawned if phase == "start-up" else acting.get(name)
+                if origin is not None and now >= origin + delay:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(timeout=30)
+                    kill_at[name] = now - spawned
+                    replace(name)
+            for key, _ in sel.select(timeout=0.005):
+                name = key.data
+                line = key.fileobj.readline()  # type: ignore[union-attr]
+                if not line or json.loads(line).get("starting"):
+                    acting.setdefault(name, time.monotonic())
+                    sel.unregister(key.fileobj)
+    for proc in starts.values():
+        proc.communicate(timeout=30)
+    return kill_at
+
+
 @pytest.fixture(scope="module")
 def hil(tmp_path_factory: pytest.TempPathFactory) -> Any:
     rig = tmp_path_factory.mktemp("kill") / "rig.yaml"
@@ -146,25 +187,32 @@ def test_killed_mid_dispense_a_new_process_completes_exactly_the_target(
         before = _truth(control)
         journals = {n: tmp_path / f"trial{first}-{n}.jsonl" for n in lanes}
         starts = {n: _worker("start", kind, hil[n]["port"], journals[n], spec) for n in lanes}
-        # Kill instants spread over the whole life of the process: start-up (before the marker),
-        # the marker and the start command, the move itself, and (rarely) after the end.
-        kill_at = {n: rng.uniform(*spec["kill_window"]) for n in lanes}
-        began = time.monotonic()
+        # Kill instants spread over the whole life of the process, measured from what the process
+        # says it is doing (so a slow start under load cannot push every kill before the marker):
+        # one in five during start-up (before any marker), the rest from the moment it begins the
+        # action (marker, start command, the move itself, now and then after the end).
+        plans = {
+            n: ("start-up", rng.uniform(0.0, 0.3))
+            if rng.random() < 0.2
+            else ("action", rng.uniform(0.0, spec["move_s"] + 0.5))
+            for n in lanes
+        }
         finishers: dict[str, subprocess.Popen[str]] = {}
-        for name in sorted(lanes, key=kill_at.__getitem__):
-            delay = kill_at[name] - (time.monotonic() - began)
-            if delay > 0:
-                time.sleep(delay)
-            starts[name].send_signal(signal.SIGKILL)
-            starts[name].communicate(timeout=30)
-            # The replacement comes up at once, as after a watchdog reset.
+
+        def replace(
+            name: str,
+            finishers: dict[str, subprocess.Popen[str]] = finishers,
+            journals: dict[str, Path] = journals,
+        ) -> None:
             finishers[name] = _worker("finish", kind, hil[name]["port"], journals[name], spec)
+
+        kill_at = _kill_by_plan(starts, plans, replace)
         results = {n: _finish(p, f"finish on {n}") for n, p in finishers.items()}
         after = _truth(control)
         for name in lanes:
             moved = after[name][spec["truth_key"]] - before[name][spec["truth_key"]]
-            outcomes.append((kill_at[name], moved, results[name]))
-    report = "\n".join(f"killed at {k:.2f} s: truth {m:.4f} uL, {r}" for k, m, r in outcomes)
+            outcomes.append((kill_at[name], moved, {"plan": plans[name][0], **results[name]}))
+    report = "\n".join(f"killed {k:.2f} s in: truth {m:.4f} uL, {r}" for k, m, r in outcomes)
     print(report)
     assert len(outcomes) == TRIALS
     for kill, moved, result in outcomes:
