@@ -42,7 +42,7 @@ NEWERA = {
 }
 CAVRO = {
     "volume": "150 uL",
-    "rate": "4500 uL/min",  # 1800 steps at 3600 pulses/s: 1 s, plus valve and checks
+    "rate": "2250 uL/min",  # 1800 steps at 1800 pulses/s: 2 s, plus valve and checks
     "target_ul": 150.0,
     "truth_key": "dispensed_ul",
     "options": {},
