@@ -76,6 +76,7 @@ async def main(
             if kind == "cavro":
                 await pump.initialize()
                 await pump.select_port(pump.input_port)
+                await pump.set_top_speed(6000)  # fill in one second
                 await pump.move_to(pump.steps_per_stroke)
             return {"ready": True}
 
