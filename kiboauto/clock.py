@@ -74,6 +74,10 @@ class Clock(Protocol):
         ...
 
 
+_NOTHING_TO_HOLD: contextlib.nullcontext[None] = contextlib.nullcontext()
+"""Real and scaled time cannot jump: holding them is a no-op (one shared, reusable manager)."""
+
+
 class _LoopClock:
     """Shared behaviour of clocks whose protocol time is an affine map of the loop's time."""
 
@@ -119,7 +123,7 @@ class _LoopClock:
         return await asyncio.wait_for(aw, limit)
 
     def real_io(self, active: bool = True) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        return _NOTHING_TO_HOLD
 
 
 class RealClock(_LoopClock):
