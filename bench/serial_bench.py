@@ -9,7 +9,7 @@ protocol it measures:
 * a baseline in the same run: the same request bytes written and the reply read back with plain
   pyserial-asyncio-fast streams and no driver or transport (our overhead = driver / baseline).
 
-    python bench/serial_bench.py [--seconds 3] [--repeat 3] [--json]
+    python bench/serial_bench.py [--seconds 3] [--repeat 3] [--json] [--protocols newera,cavro]
 """
 
 from __future__ import annotations
@@ -118,9 +118,11 @@ def start_hil() -> tuple[subprocess.Popen[str], dict[str, Any]]:
     return proc, json.loads(proc.stdout.readline())
 
 
-async def run(ports: dict[str, Any], seconds: float) -> dict[str, Any]:
+async def run(
+    ports: dict[str, Any], seconds: float, protocols: tuple[str, ...] = PROTOCOLS
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for protocol in PROTOCOLS:
+    for protocol in protocols:
         names = [f"{protocol}{i}" for i in range(DEVICES_PER_PROTOCOL)]
         subset = {n: ports[n] for n in names}
         trace = ByteTrace(limit=10_000_000)
@@ -180,10 +182,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
     parser.add_argument("--repeat", type=int, default=3, help="runs; figures are their medians")
     parser.add_argument("--json", action="store_true", help="print raw JSON")
+    parser.add_argument(
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        help=f"comma-separated subset of {','.join(PROTOCOLS)}",
+    )
     args = parser.parse_args()
+    protocols = tuple(p for p in args.protocols.split(",") if p)
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        parser.error(f"unknown protocol(s) {sorted(unknown)}; known: {', '.join(PROTOCOLS)}")
     proc, ports = start_hil()
     try:
-        runs = [asyncio.run(run(ports, args.seconds)) for _ in range(args.repeat)]
+        runs = [asyncio.run(run(ports, args.seconds, protocols)) for _ in range(args.repeat)]
     finally:
         proc.terminate()
         proc.wait(timeout=15)
