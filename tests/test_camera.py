@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 
 from kiboauto.clock import RealClock, VirtualClock
-from kiboauto.devices import Camera, DeviceDisconnected, DeviceError, DeviceTimeout
+from kiboauto.devices import (
+    Camera,
+    DeviceDisconnected,
+    DeviceError,
+    DeviceTimeout,
+    Reading,
+    Severity,
+)
 from kiboauto.drivers.camera import OpenCVCamera, classify_source
 from kiboauto.hil.camera_sim import SimCamera
 
@@ -304,6 +311,46 @@ def test_cameras_satisfy_camera_protocol() -> None:
     assert isinstance(SimCamera("s"), Camera)
     assert OpenCVCamera.kind == SimCamera.kind == "camera"
     assert OpenCVCamera.protocol == "opencv"
+
+
+@pytest.mark.req("KA-DEV-006")
+def test_camera_readings_count_frames_and_report_failures(tmp_path: Path) -> None:
+    image = tmp_path / "drop.png"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 90, np.uint8))
+    clock = VirtualClock()
+
+    async def main() -> tuple[dict[str, Reading], dict[str, Reading], dict[str, Reading]]:
+        camera = OpenCVCamera("cam", str(image), clock=clock)
+        await camera.connect()
+        try:
+            await camera.capture()
+            await camera.capture()
+            good = await camera.read()
+            image.write_bytes(b"not an image any more")
+            with pytest.raises(DeviceError):
+                await camera.capture()
+            bad = await camera.read()
+        finally:
+            await camera.close()
+        sim = SimCamera("sim", clock=clock, width=160, height=120)
+        await sim.connect()
+        try:
+            await sim.capture_cell(2)
+            simulated = await sim.read()
+        finally:
+            await sim.close()
+        return good, bad, simulated
+
+    good, bad, simulated = clock.run(main())
+    assert good["frames"].value.m == 2
+    assert good["frames"].severity == Severity.OK
+    assert good["connected"].value is True
+    assert good["last_capture"].timestamp == pytest.approx(clock.wall())
+    assert bad["frames"].value.m == 2  # the failed capture is not counted ...
+    assert bad["frames"].severity == Severity.MAJOR  # ... and is reported with its reason
+    assert bad["frames"].message
+    assert simulated["frames"].value.m == 1
+    assert set(simulated) == set(SimCamera("d").describe())
 
 
 # ---------------------------------------------------------------------------------------------
