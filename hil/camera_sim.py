@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -116,7 +117,8 @@ class SimCamera:
         self.connected = False
         self.frames = 0
         self._failures: list[list[Any]] = []  # [kind, remaining (0: until cleared)]
-        self.applied_failures: list[str] = []
+        # What was injected and applied, newest last (bounded: a long run keeps the last 1000).
+        self.applied_failures: deque[str] = deque(maxlen=1000)
 
         base = GrowthParams()
         params = GrowthParams(

@@ -334,9 +334,13 @@ def inspect(
             if not outcome.ok:
                 failed = True
                 err.print("[red]skipped:[/]", escape(outcome.error))
-        report["plot"] = str(target)
+        plot_error = report.get("plot_error")
+        report["plot"] = None if plot_error else str(target)
         sys.stdout.write(json_text(report, indent=None if as_json else 2) + "\n")
-        if not as_json:
+        if plot_error:
+            failed = True
+            err.print("[red]error:[/]", escape(str(plot_error)))
+        elif not as_json:
             err.print(f"growth plot written to {target}")
     if failed:
         raise typer.Exit(1)

@@ -223,8 +223,13 @@ def track_directory(
     )
     series = [(t, o.result) for t, o in zip(times, outcomes, strict=True) if o.ok]
     report = track(series)
-    plot_growth(report, plot, title=f"{directory.name}: crystal growth")
-    return report.to_dict(), outcomes
+    result = report.to_dict()
+    try:
+        plot_growth(report, plot, title=f"{directory.name}: crystal growth")
+    except (OSError, ValueError) as e:  # an unwritable path, an unknown image suffix
+        # The growth report itself is good: keep it, and say why there is no plot.
+        result["plot_error"] = f"{plot}: cannot write the growth plot: {e}"
+    return result, outcomes
 
 
 def plot_growth(report: Any, path: Path, *, title: str) -> None:

@@ -438,7 +438,7 @@ def test_sim_camera_faults() -> None:
                 await cam.capture()
         cam.clear_failures()
         await cam.capture()
-        assert cam.applied_failures[:5] == [
+        assert list(cam.applied_failures)[:5] == [
             "timeout",
             "disconnect",
             "disconnect",

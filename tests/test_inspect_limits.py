@@ -300,3 +300,39 @@ def test_json_line_and_text_replace_non_finite() -> None:
         assert parsed["a"] is None and parsed["b"] == [1.0, None, {"c": None}]
         assert parsed["d"] == "x" and parsed["e"] == 2
         assert parsed["non_finite"] == ["a", "b[1]", "b[2].c"]
+
+
+@pytest.mark.req("KA-BAD-003")
+def test_track_plot_that_cannot_be_written_is_an_error_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    series = tmp_path / "cell01"
+    series.mkdir()
+    image = np.full((120, 160), 120, np.uint8)
+    for h in (6, 12):
+        cv2.imwrite(str(series / f"cell01_t{h}h.png"), image)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the plot's folder should be", encoding="utf-8")
+    for plot in (blocker / "growth.png", tmp_path / "growth.unknown-suffix"):
+        result = subprocess.run(
+            [
+                *KIBOAUTO,
+                "inspect",
+                "--track",
+                str(series),
+                "--plot",
+                str(plot),
+                "--um-per-px",
+                "2",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "cannot write the growth plot" in result.stderr
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report["plot"] is None
+        assert "tracks" in report  # the growth report itself is kept
