@@ -14,6 +14,7 @@ costs nothing: measure on the disk the runs will live on).
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -47,7 +48,12 @@ def main() -> None:
         p50 = statistics.median(latencies) * 1e3
         p99 = latencies[int(len(latencies) * 0.99)] * 1e3
         rate = len(latencies) / sum(latencies)
+        floor = _bare_commits(Path(tmp) / "floor.sqlite", args.seconds)
         print(f"intent commits: {rate:8.0f}/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  ({tmp})")
+        print(
+            f"bare sqlite3 commits (same file system, WAL, synchronous=FULL): {floor:8.0f}/s  "
+            f"ratio journal/bare {rate / floor:.2f}"
+        )
 
         rows = 0
         spent = 0.0
@@ -65,6 +71,27 @@ def main() -> None:
             f"telemetry rows: {rows / spent:8.0f}/s  "
             f"({args.batch} rows per transaction, {per_batch:.3f} ms per batch)"
         )
+
+
+def _bare_commits(path: Path, seconds: float) -> float:
+    """The floor: one small row inserted and committed with the same pragmas, nothing else."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, marker TEXT)")
+        spent, n = 0.0, 0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            db.execute("BEGIN")
+            db.execute("INSERT INTO t (marker) VALUES (?)", ('{"device": "pump1"}',))
+            db.execute("COMMIT")
+            spent += time.perf_counter() - t0
+            n += 1
+        return n / spent
+    finally:
+        db.close()
 
 
 if __name__ == "__main__":
