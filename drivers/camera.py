@@ -60,8 +60,8 @@ from kiboauto.devices import (
     ReadingDescription,
     Severity,
 )
+from kiboauto.image_header import image_dimensions, image_format
 from kiboauto.units import Q_
-from kiboauto.vision.io import image_dimensions, image_format
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
