@@ -96,7 +96,18 @@ class SimCamera:
         incubator: Any = None,
         temperature_sample_s: float = 300.0,
         timeout_s: float = 5.0,
+        scene: str = "drops",
+        seeded_confluence: float = 0.15,
+        doubling_h: float = 30.0,
     ) -> None:
+        if scene not in ("drops", "cells"):
+            raise ValueError(f"{name}: scene must be 'drops' or 'cells', not {scene!r}")
+        if not (0 < seeded_confluence < 1 and doubling_h > 0):
+            raise ValueError(f"{name}: need 0 < seeded_confluence < 1 and doubling_h > 0")
+        self.scene = scene
+        self.seeded_confluence = float(seeded_confluence)
+        self.doubling_h = float(doubling_h)
+        self.mixed_at_s = float(mixed_at_s)
         if width < 64 or height < 64:
             raise ValueError(f"{name}: frame must be at least 64x64, got {width}x{height}")
         if um_per_px <= 0 or cells < 1 or (crystals is not None and crystals < 0):
@@ -236,8 +247,34 @@ class SimCamera:
             frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
         return frame, truth
 
+    def confluence(self, t: float, cell: int | None = None) -> float:
+        """Cell coverage of a field (``scene: cells``) at clock time ``t``: logistic growth from
+        ``seeded_confluence`` at ``mixed_at_s`` with a doubling time of ``doubling_h`` while
+        sparse (each field a little different, from the seed)."""
+        n = self.selected if cell is None else cell
+        self._cell(n)
+        jitter = 1.0 + 0.1 * math.sin(self.seed * 7.1 + n * 2.3)
+        rate = math.log(2.0) / (self.doubling_h * 3600.0) * jitter
+        growth = math.exp(rate * max(0.0, t - self.mixed_at_s))
+        c0 = self.seeded_confluence
+        return c0 * growth / (1.0 + c0 * (growth - 1.0))
+
+    def _render_cells(self, t: float, cell: int | None) -> Frame:
+        from .scene_cells import render_cells
+
+        n = self.selected if cell is None else cell
+        target = min(0.95, self.confluence(t, n))
+        seed = int(np.random.SeedSequence([self.seed, n, round(t)]).generate_state(1)[0])
+        image, _ = render_cells(seed, target, width=self.width, height=self.height)
+        frame: Frame = np.asarray(image, dtype=np.uint8)
+        if not self.grey and frame.ndim == 2:
+            frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+        return frame
+
     def render(self, t: float, *, dark: bool = False, cell: int | None = None) -> Frame:
         """The frame the camera sees at clock time ``t`` (deterministic for seed and ``t``)."""
+        if self.scene == "cells" and not dark:
+            return self._render_cells(t, cell)
         if dark:
             shape = (self.height, self.width) if self.grey else (self.height, self.width, 3)
             rng = np.random.default_rng([self.seed, 0xDA, round(t * 1000)])

@@ -294,6 +294,9 @@ class Journal:
         self.path = path
         self._sync = ""
         self._run_id: int | None = None
+        self._group_limit = 0  # 0: every write is its own transaction (see group_commits)
+        self._group_open = False
+        self._group_count = 0
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -360,7 +363,9 @@ class Journal:
         self._run_id = row[0]
 
     def close(self) -> None:
-        """Close the file (idempotent). Everything committed is already on disk."""
+        """Close the file (idempotent), committing an open group of writes first."""
+        with contextlib.suppress(sqlite3.Error, JournalError):
+            self.flush()
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
 
@@ -382,10 +387,37 @@ class Journal:
             self._conn.execute(f"PRAGMA synchronous={level}")
             self._sync = level
 
+    def group_commits(self, max_pending: int = 256) -> None:
+        """From now on, group the writes that need not be durable one by one (steps, checkpoints,
+        telemetry, events, inspections) into one transaction of at most ``max_pending`` writes.
+
+        The group is committed by :meth:`flush`, by the next durable write (an intent, a
+        transition, a command: all of those stay committed and fsynced before they return), when
+        it is full, and by :meth:`close`. A crash loses at most the writes of the open group,
+        never part of one: the file stays consistent. The engine flushes before every wait.
+        """
+        self._group_limit = max(1, int(max_pending))
+
+    def flush(self) -> None:
+        """Commit the open group of writes, if any (not fsynced: see :meth:`group_commits`)."""
+        if self._group_open:
+            self._group_open = False
+            self._group_count = 0
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise JournalError(self.path, f"write failed: {e}") from None
+
     @contextlib.contextmanager
     def _tx(self, durable: bool) -> Iterator[sqlite3.Connection]:
         """One transaction; committed (fsynced when ``durable``) or rolled back, errors wrapped."""
         c = self._conn
+        if not durable and self._group_limit:
+            yield from self._grouped(c)
+            return
+        self.flush()
         try:
             self._set_sync("FULL" if durable else "NORMAL")
             c.execute("BEGIN IMMEDIATE")
@@ -400,6 +432,29 @@ class Journal:
             if isinstance(e, sqlite3.Error):
                 raise JournalError(self.path, f"write failed: {e}") from None
             raise
+
+    def _grouped(self, c: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        try:
+            if not self._group_open:
+                self._set_sync("NORMAL")
+                c.execute("BEGIN IMMEDIATE")
+                self._group_open = True
+            c.execute("SAVEPOINT one_write")
+        except sqlite3.Error as e:
+            raise JournalError(self.path, f"cannot begin a transaction: {e}") from None
+        try:
+            yield c
+            c.execute("RELEASE one_write")
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK TO one_write")
+                c.execute("RELEASE one_write")
+            if isinstance(e, sqlite3.Error):
+                raise JournalError(self.path, f"write failed: {e}") from None
+            raise
+        self._group_count += 1
+        if self._group_count >= self._group_limit:
+            self.flush()
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -631,14 +686,14 @@ class Journal:
             "steps",
             ("step", "attempt", "started_protocol", "started_wall"),
             (step, attempt, t_protocol, t_wall),
-            durable=True,
+            durable=False,
         )
 
     def record_step_end(
         self, step_row: int, outcome: str, t_protocol: float | None, t_wall: float | None
     ) -> None:
         """Journal the end of a step attempt and its outcome (durable)."""
-        with self._tx(durable=True) as c:
+        with self._tx(durable=False) as c:
             cur = c.execute(
                 "UPDATE steps SET outcome=?, ended_protocol=?, ended_wall=?"
                 " WHERE id=? AND run_id=? AND outcome IS NULL",
@@ -653,7 +708,7 @@ class Journal:
             text = json.dumps(value, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint {key!r} is not JSON: {e}") from e
-        with self._tx(durable=True) as c:
+        with self._tx(durable=False) as c:
             c.execute(
                 "INSERT INTO checkpoints(run_id, key, value, t_wall) VALUES (?,?,?,?)"
                 " ON CONFLICT(run_id, key) DO UPDATE SET value=excluded.value,"

@@ -38,6 +38,7 @@ from kiboauto.drivers.transport import SerialTransport
 
 __all__ = [
     "DRIVERS",
+    "Allocations",
     "OpenStation",
     "PowerDraw",
     "StationDevice",
@@ -99,12 +100,24 @@ class StationDevice(BaseModel):
         return value
 
 
+class Allocations(BaseModel):
+    """What the station grants this payload (power, crew time, downlink): the figures a run's
+    plan and its resource report are compared with. A missing figure is not checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    power_w: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    crew_min_per_day: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    downlink_mb_per_day: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
 class StationFile(BaseModel):
-    """A whole station: named devices."""
+    """A whole station: named devices, and optionally what the station allocates to them."""
 
     model_config = ConfigDict(extra="forbid")
 
     devices: dict[str, StationDevice] = Field(min_length=1)
+    allocations: Allocations | None = None
 
 
 def load_station(path: str | Path) -> StationFile:

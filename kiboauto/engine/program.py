@@ -1,0 +1,124 @@
+"""A protocol's steps as a program: stable labels, lookups, and the values conditions read.
+
+Every step gets a **label** that does not depend on what happens at run time: its ``id`` when it
+has one, else its position (``3``, ``3.2``, ``5.then.1``). A step executed inside repeats also
+gets an **execution key**: its label plus the iteration of every enclosing repeat
+(``image_cells.2@12``); the journal's ``steps`` and ``actions`` rows carry that key, which is how
+a resumed run knows what a step already did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiboauto.protocol.model import (
+    BranchStep,
+    GroupStep,
+    Protocol,
+    RepeatStep,
+    StepBase,
+    is_identifier,
+)
+from kiboauto.units import Q_, as_quantity
+
+__all__ = ["Block", "Program", "Values", "step_label"]
+
+
+def step_label(step: StepBase, position: str) -> str:
+    """A step's label: its id, or its position in the program."""
+    return step.id if step.id else position
+
+
+@dataclass(frozen=True)
+class Block:
+    """A list of steps that run one after the other (the protocol's, a repeat's, a branch's)."""
+
+    label: str
+    steps: Sequence[StepBase]
+    labels: tuple[str, ...]
+
+
+def _children(step: StepBase, label: str) -> list[tuple[str, Sequence[StepBase]]]:
+    if isinstance(step, RepeatStep):
+        return [(f"{label}.do", step.repeat.steps)]
+    if isinstance(step, BranchStep):
+        return [(f"{label}.then", step.branch.then), (f"{label}.else", step.branch.else_)]
+    if isinstance(step, GroupStep):
+        return [(f"{label}.group", step.group)]
+    return []
+
+
+class Program:
+    """The protocol's blocks and steps by label."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        self.blocks: dict[str, Block] = {}
+        self.steps: dict[str, StepBase] = {}
+        self.parent: dict[str, str] = {}  # step label -> block label
+        self._add_block("main", protocol.steps, prefix="")
+
+    def _add_block(self, block_label: str, steps: Sequence[StepBase], prefix: str) -> None:
+        labels = []
+        for i, step in enumerate(steps, start=1):
+            label = step_label(step, f"{prefix}{i}")
+            labels.append(label)
+            self.steps[label] = step
+            self.parent[label] = block_label
+            for child_label, child_steps in _children(step, label):
+                self._add_block(child_label, child_steps, prefix=f"{child_label}.")
+        self.blocks[block_label] = Block(block_label, steps, tuple(labels))
+
+    def walk(self) -> Iterator[tuple[str, StepBase]]:
+        """Every step with its label, in program order."""
+        yield from self.steps.items()
+
+    def crew_steps(self) -> list[tuple[str, StepBase]]:
+        return [(label, s) for label, s in self.steps.items() if s.kind == "crew"]
+
+
+@dataclass
+class Values:
+    """What conditions can read: parameters, telemetry, inspection results, run time, loops."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    telemetry: Mapping[str, object] = field(default_factory=dict)
+    cells: dict[int, dict[str, Any]] = field(default_factory=dict)
+    run_time_s: float = 0.0
+    loop_count: int = 0
+
+    def env(self) -> dict[str, object]:
+        out: dict[str, object] = {f"params.{k}": v for k, v in self.params.items()}
+        out.update(self.telemetry)
+        for n, result in self.cells.items():
+            for key, value in result.items():
+                if isinstance(value, bool | str):
+                    out[f"cell[{n}].{key}"] = value
+                elif isinstance(value, int | float):
+                    out[f"cell[{n}].{key}"] = _with_unit(key, value)
+        out["run.time"] = Q_(self.run_time_s, "s")
+        out["loop.count"] = self.loop_count
+        return out
+
+
+def _with_unit(key: str, value: float) -> object:
+    """Inspection numbers named ``*_um`` / ``*_um2`` are lengths / areas in micrometres."""
+    if key.endswith("_um"):
+        return Q_(value, "um")
+    if key.endswith("_um2"):
+        return Q_(value, "um**2")
+    return value
+
+
+def resolve(value: object, params: Mapping[str, Any], unit: str | None = None) -> Any:
+    """A step field's value: a parameter's current value when it names one, else the quantity
+    written (converted to ``unit`` when given)."""
+    if isinstance(value, str) and is_identifier(value.strip()) and value.strip() in params:
+        q = params[value.strip()]
+    else:
+        q = as_quantity(value) if isinstance(value, str) else value
+    if unit is not None and hasattr(q, "to"):
+        return q.to(unit)
+    return q
