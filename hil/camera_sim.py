@@ -67,7 +67,9 @@ class SimCamera:
     ``grey`` (False: BGR frames), ``polarised`` (colour frames with birefringence colours),
     ``jpeg_quality`` (None: no JPEG artefacts), ``mixed_at_s`` (clock time the drops were set
     up, 0), ``temperature`` / ``incubator`` / ``temperature_sample_s`` (see the module doc),
-    ``timeout_s`` (5.0: how long a hung capture takes to fail).
+    ``timeout_s`` (5.0: how long a hung capture takes to fail), ``scene`` (``drops``, or ``cells``:
+    phase-contrast fields of adherent cells whose confluence grows logistically from
+    ``seeded_confluence`` (0.15) with ``doubling_h`` (30), for cell-culture protocols).
     """
 
     protocol: ClassVar[str] = "camera"  # the rig-file key (hil/rig.py); no wire protocol
@@ -161,7 +163,7 @@ class SimCamera:
         else:
             self.history = temperature if callable(temperature) else _steps_or_const(temperature)
         self._sampler: asyncio.Task[None] | None = None
-        scene = {"noise": self.noise, "colour": self.polarised, "jpeg_quality": jpeg_quality}
+        look = {"noise": self.noise, "colour": self.polarised, "jpeg_quality": jpeg_quality}
         self.cells: list[GrowthCell] = []
         for n in range(1, int(cells) + 1):
             cell_seed = int(np.random.SeedSequence([self.seed, n, 0xCE]).generate_state(1)[0])
@@ -174,7 +176,7 @@ class SimCamera:
                     width=self.width,
                     height=self.height,
                     um_per_px=self.um_per_px,
-                    scene=scene,
+                    scene=look,
                 )
             )
         self.selected = 1

@@ -528,5 +528,199 @@ async def _control(host: str, port: int, message: dict[str, Any]) -> dict[str, A
             await writer.wait_closed()
 
 
+# ---------------------------------------------------------------------------------------------
+# protocols and runs
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def validate(
+    protocol: Annotated[Path, typer.Argument(help="Protocol file (YAML).")],
+    station: Annotated[
+        Path | None,
+        typer.Option(help="Also check roles and feasibility against this station file."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Problems as JSON.")] = False,
+) -> None:
+    """Check a protocol before anything moves: syntax, units, roles, ranges, feasibility.
+
+    Every problem is printed as `file:line:column: path: message`. Exit 0 when valid, 2 when not.
+    """
+    from kiboauto.protocol.commands import validate_main
+
+    raise typer.Exit(validate_main(protocol, station, as_json))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of protocol files (for editors: completion and checks as you type)."""
+    from kiboauto.protocol.commands import schema_main
+
+    typer.echo(schema_main())
+
+
+@app.command()
+def diagram() -> None:
+    """Print the run state machine as a Mermaid diagram (from the transition table itself)."""
+    from kiboauto.engine.control import diagram_main
+
+    typer.echo(diagram_main())
+
+
+_SET_HELP = "Set a parameter, e.g. --set protein_volume='12 uL' (repeatable)."
+
+
+def _parse_sets(values: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise _fail(f"--set {item!r}: expected NAME=VALUE, e.g. --set protein_volume='12 uL'")
+        out[name.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def run(
+    protocol: Annotated[
+        Path, typer.Argument(help="Protocol file, or a run directory with an unfinished run.")
+    ],
+    hil: Annotated[
+        bool, typer.Option("--hil", help="Run on the built-in simulated rig in this process.")
+    ] = False,
+    station: Annotated[
+        Path | None,
+        typer.Option(help="Station file: real devices, or `kiboauto hil serve --station-out`."),
+    ] = None,
+    speed: Annotated[
+        str,
+        typer.Option(help="'max': virtual time (days in seconds, --hil); N: N x real time."),
+    ] = "",
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (journal, images, report).")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Run the whole protocol in virtual time on the simulated rig; print each step's "
+            "duration and the resources to request (power, crew minutes, downlink).",
+        ),
+    ] = False,
+    auto_crew: Annotated[
+        bool,
+        typer.Option(help="A simulated crew confirms crew steps after their expected time."),
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No live progress display.")] = False,
+) -> None:
+    """Run a protocol: validate it, then drive the devices, journal everything, obey commands.
+
+    Control a running run from another terminal with `kiboauto ctl RUN_DIR ...`. If the process
+    dies, `kiboauto resume RUN_DIR` goes on exactly where it stopped (no pump moves twice).
+    """
+    from kiboauto.run_cmd import RunRequest, UserError, run_main
+
+    if protocol.is_dir():
+        request = RunRequest(protocol=None, run_dir=protocol, station=station, resume=True)
+    else:
+        if not (hil or station or dry_run):
+            raise _fail("choose the devices: --hil (simulated rig) or --station FILE")
+        if hil and station:
+            raise _fail("give --hil or --station, not both")
+        request = RunRequest(protocol=protocol, run_dir=run_dir or _default_run_dir(protocol))
+        request.station = None if (hil or dry_run) else station
+    request.speed = speed or ("max" if request.station is None else "1")
+    request.params = _parse_sets(set_)
+    request.dry_run = dry_run
+    request.auto_crew = auto_crew
+    request.quiet = quiet
+    try:
+        raise typer.Exit(run_main(request, out))
+    except UserError as e:
+        raise _fail(str(e), e.code) from None
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory of an unfinished run.")],
+    station: Annotated[
+        Path | None, typer.Option(help="Station file (default: the journaled one).")
+    ] = None,
+    speed: Annotated[str, typer.Option(help="'max' or N x real time.")] = "",
+    auto_crew: Annotated[bool, typer.Option(help="Simulated crew (HIL only).")] = False,
+    quiet: Annotated[bool, typer.Option(help="No live progress display.")] = False,
+) -> None:
+    """Go on with an interrupted run: open actions are settled by asking the devices (a dispense
+    still moving is followed, one stopped short completes only its remainder), then the run
+    continues from the step it was in, on its own time base."""
+    from kiboauto.run_cmd import RunRequest, UserError, run_main
+
+    request = RunRequest(protocol=None, run_dir=run_dir, station=station, resume=True)
+    request.speed = speed or "1"
+    request.auto_crew = auto_crew
+    request.quiet = quiet
+    try:
+        raise typer.Exit(run_main(request, out))
+    except UserError as e:
+        raise _fail(str(e), e.code) from None
+
+
+@app.command()
+def demo(
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default: ./kiboauto-demo-<time>).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated drops.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No live progress display.")] = False,
+) -> None:
+    """Run the protein-crystal example (14 days) on the simulated rig in virtual time, with every
+    image inspected and journaled, then write its report. Needs no hardware and no broker."""
+    from kiboauto.run_cmd import UserError, demo_main
+
+    try:
+        raise typer.Exit(demo_main(run_dir, seed, quiet, out))
+    except UserError as e:
+        raise _fail(str(e), e.code) from None
+
+
+@app.command()
+def ctl(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory of a running run.")],
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            help="pause | resume | hold | release | abort | skip | set NAME=VALUE | "
+            "confirm STEP | status"
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="The reply as JSON.")] = False,
+) -> None:
+    """Send a command to a running run over its control socket; print the answer and its reason
+    code. Exit 0 accepted, 1 refused, 2 no run listening."""
+    from kiboauto.engine.control import ctl_main
+
+    raise typer.Exit(ctl_main(run_dir, command, as_json))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to write (default RUN_DIR/report).")
+    ] = None,
+) -> None:
+    """Render a run as PNG plots (temperature, volumes, events, crystals, confluence, last images
+    with overlays) and one HTML page."""
+    from kiboauto.engine.report import report_main
+
+    raise typer.Exit(report_main(run_dir, out_dir))
+
+
+def _default_run_dir(protocol: Path) -> Path:
+    import time as _time
+
+    stamp = _time.strftime("%Y%m%d-%H%M%S")
+    return Path(f"runs/{protocol.stem}-{stamp}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -297,6 +297,13 @@ class Journal:
         self._group_limit = 0  # 0: every write is its own transaction (see group_commits)
         self._group_open = False
         self._group_count = 0
+        # grouped step rows and checkpoints wait here (in memory) until the group is written:
+        # a step's start and end become one INSERT, a checkpoint set many times one upsert
+        self._pending_steps: dict[int, list[Any]] = {}
+        self._pending_checkpoints: dict[str, tuple[str, float | None]] = {}
+        self._next_step_id: int | None = None
+        self._drain_hooks: list[Callable[[], None]] = []
+        self._draining = False
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -398,8 +405,54 @@ class Journal:
         """
         self._group_limit = max(1, int(max_pending))
 
+    def before_group_write(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` each time a group of writes is about to be written, so that state kept
+        in memory (the engine's cursor) is checkpointed in the same transaction as the step rows
+        it describes, once per group instead of once per step."""
+        self._drain_hooks.append(hook)
+
+    def _drain(self) -> None:
+        """Write the buffered step rows and checkpoints into the open group (no commit)."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            for hook in self._drain_hooks:
+                hook()
+        finally:
+            self._draining = False
+        if not (self._pending_steps or self._pending_checkpoints):
+            return
+        steps, self._pending_steps = self._pending_steps, {}
+        checkpoints, self._pending_checkpoints = self._pending_checkpoints, {}
+        c = self._conn
+        try:
+            if not self._group_open:
+                self._set_sync("NORMAL")
+                c.execute("BEGIN IMMEDIATE")
+                self._group_open = True
+            c.executemany(
+                "INSERT INTO steps(id, run_id, step, attempt, started_protocol, started_wall,"
+                " ended_protocol, ended_wall, outcome) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(i, *row) for i, row in steps.items()],
+            )
+            c.executemany(
+                "INSERT INTO checkpoints(run_id, key, value, t_wall) VALUES (?,?,?,?)"
+                " ON CONFLICT(run_id, key) DO UPDATE SET value=excluded.value,"
+                " t_wall=excluded.t_wall",
+                [(self.run_id, k, text, wall) for k, (text, wall) in checkpoints.items()],
+            )
+        except sqlite3.Error as e:
+            raise JournalError(self.path, f"write failed: {e}") from None
+
+    def _buffered(self) -> None:
+        self._group_count += 1
+        if self._group_count >= self._group_limit and not self._draining:
+            self.flush()
+
     def flush(self) -> None:
         """Commit the open group of writes, if any (not fsynced: see :meth:`group_commits`)."""
+        self._drain()
         if self._group_open:
             self._group_open = False
             self._group_count = 0
@@ -457,6 +510,7 @@ class Journal:
             self.flush()
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        self._drain()  # reads see buffered writes
         try:
             cur = self._conn.cursor()
             cur.row_factory = sqlite3.Row
@@ -681,7 +735,26 @@ class Journal:
     def record_step_start(
         self, step: str, attempt: int, t_protocol: float | None, t_wall: float | None
     ) -> int:
-        """Journal the start of a step attempt (durable); the row is for ``record_step_end``."""
+        """Journal the start of a step attempt; the row is for ``record_step_end``."""
+        if self._group_limit:
+            if self._next_step_id is None:
+                self._drain()
+                row = self._conn.execute("SELECT max(id) FROM steps").fetchone()
+                self._next_step_id = int(row[0] or 0) + 1
+            step_id = self._next_step_id
+            self._next_step_id += 1
+            self._pending_steps[step_id] = [
+                self.run_id,
+                step,
+                attempt,
+                t_protocol,
+                t_wall,
+                None,
+                None,
+                None,
+            ]
+            self._buffered()
+            return step_id
         return self._insert(
             "steps",
             ("step", "attempt", "started_protocol", "started_wall"),
@@ -692,7 +765,13 @@ class Journal:
     def record_step_end(
         self, step_row: int, outcome: str, t_protocol: float | None, t_wall: float | None
     ) -> None:
-        """Journal the end of a step attempt and its outcome (durable)."""
+        """Journal the end of a step attempt and its outcome."""
+        pending = self._pending_steps.get(step_row)
+        if pending is not None:
+            if pending[7] is not None:
+                raise JournalError(self.path, f"step row {step_row} is not running")
+            pending[5:8] = [t_protocol, t_wall, outcome]
+            return
         with self._tx(durable=False) as c:
             cur = c.execute(
                 "UPDATE steps SET outcome=?, ended_protocol=?, ended_wall=?"
@@ -708,6 +787,10 @@ class Journal:
             text = json.dumps(value, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint {key!r} is not JSON: {e}") from e
+        if self._group_limit:
+            self._pending_checkpoints[key] = (text, t_wall)
+            self._buffered()
+            return
         with self._tx(durable=False) as c:
             c.execute(
                 "INSERT INTO checkpoints(run_id, key, value, t_wall) VALUES (?,?,?,?)"

@@ -9,6 +9,7 @@ built-in rig simulated in this process; ``--station FILE``: devices on real line
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -25,6 +26,7 @@ from kiboauto.clock import Clock, RealClock, ScaledClock, VirtualClock
 from kiboauto.config import ConfigError
 from kiboauto.engine.estimate import StepEstimate, estimate_program
 from kiboauto.engine.machine import RunState
+from kiboauto.engine.resources import PowerBudget, PowerBudgetError, ResourceTally
 from kiboauto.engine.run import Run, RunOptions, RunOutcome
 from kiboauto.journal import JOURNAL_NAME, Journal, JournalError
 from kiboauto.protocol.loader import LoadedProtocol, ProtocolError, load_protocol, load_text
@@ -36,7 +38,7 @@ from kiboauto.station import (
     open_station,
 )
 
-__all__ = ["RunRequest", "make_clock", "run_request"]
+__all__ = ["RunRequest", "demo_main", "make_clock", "run_main", "run_request"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,10 +117,13 @@ def _load(request: RunRequest) -> tuple[LoadedProtocol, StationFile]:
     return loaded, station
 
 
-def run_request(request: RunRequest, console: Console) -> tuple[RunOutcome, Run | None]:
+def run_request(
+    request: RunRequest, console: Console, *, station: StationFile | None = None
+) -> tuple[RunOutcome, Run | None]:
     """Validate, then run (or resume) on the chosen devices and clock. Raises UserError."""
     try:
-        loaded, station = _load(request)
+        loaded, found = _load(request)
+        station = station or found
     except ProtocolError as e:
         raise UserError(str(e)) from None
     except ConfigError as e:
@@ -132,10 +137,23 @@ def run_request(request: RunRequest, console: Console) -> tuple[RunOutcome, Run 
         auto_crew=request.auto_crew or request.dry_run,
         auto_release=request.dry_run,
         control_socket=True,
+        stop_holding_after_s=2 * 86400.0 if isinstance(clock, VirtualClock) else None,
     )
     display = _Progress(console, estimate_program(loaded.protocol), quiet=request.quiet)
     options.on_step = display.update
     holder: list[Run] = []
+    allocation = station.allocations.power_w if station.allocations is not None else None
+    try:
+        budget = PowerBudget.from_station(
+            station,
+            allocation_w=allocation,
+            protocol_time=lambda: holder[0].protocol_time() if holder else 0.0,
+        )
+    except PowerBudgetError as e:
+        raise UserError(f"power: {e}") from None
+
+    def power(role: str, what: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return budget.active(loaded.protocol.device_for(role), what)
 
     async def main() -> RunOutcome:
         async with open_station(station, clock) as opened:
@@ -159,6 +177,7 @@ def run_request(request: RunRequest, console: Console) -> tuple[RunOutcome, Run 
                     request.run_dir,
                     clock,
                     options,
+                    power=power,
                 )
             except (ValueError, JournalError) as e:
                 raise UserError(str(e)) from None
@@ -173,7 +192,138 @@ def run_request(request: RunRequest, console: Console) -> tuple[RunOutcome, Run 
     run = holder[0] if holder else None
     if run is not None:
         run.close()
+        run.budget = budget  # type: ignore[attr-defined]
     return outcome, run
+
+
+def run_main(request: RunRequest, console: Console) -> int:
+    """``kiboauto run`` / ``resume``: run, then print the summary (and the dry-run figures).
+    Exit 0 completed, 1 aborted or failed, 3 stopped while holding."""
+    wall0 = time.monotonic()
+    outcome, run = run_request(request, console)
+    wall = time.monotonic() - wall0
+    if run is None:
+        console.print(outcome.message)
+        return 1
+    _summary(console, run, outcome, wall)
+    if request.dry_run:
+        _dry_run_figures(console, run)
+    console.print(f"run directory: {run.run_dir}")
+    return 0 if outcome.state is RunState.COMPLETED else 1
+
+
+def demo_main(run_dir: Path | None, seed: int, quiet: bool, console: Console) -> int:
+    """``kiboauto demo``: the protein-crystal example on the simulated rig, in virtual time."""
+    from importlib import resources
+
+    from kiboauto.engine.report import ReportError, render_report
+
+    example = resources.files("kiboauto.examples").joinpath("protein-crystal.yaml")
+    target = run_dir or Path(f"kiboauto-demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (target / JOURNAL_NAME).exists():
+        raise UserError(f"{target} already holds a run; give another --run-dir")
+    with resources.as_file(example) as path:
+        request = RunRequest(protocol=path, run_dir=target, quiet=quiet, auto_crew=True)
+        request.demo_seed = seed  # type: ignore[attr-defined]
+        wall0 = time.monotonic()
+        outcome, run = run_request(request, console, station=demo_station(seed))
+        wall = time.monotonic() - wall0
+    if run is None:
+        console.print(outcome.message)
+        return 1
+    _summary(console, run, outcome, wall)
+    try:
+        files = render_report(target)
+        console.print(f"report: {files.html}")
+    except ReportError as e:
+        console.print(f"report not written: {e}")
+    console.print(f"run directory: {target}")
+    return 0 if outcome.state is RunState.COMPLETED else 1
+
+
+def demo_station(seed: int) -> StationFile:
+    """The built-in rig, its camera at 640x480 (4 um/px: the same field of view) so that 14 days
+    of images every 6 h take seconds."""
+    station = default_station()
+    for spec in station.devices.values():
+        if spec.driver == "opencv":
+            spec.sim.options.update({"width": 640, "height": 480, "um_per_px": 4.0})
+        spec.sim.seed = seed
+    return station
+
+
+def _summary(console: Console, run: Run, outcome: RunOutcome, wall: float) -> None:
+    table = Table(title=f"run {run.protocol.name}: {outcome.state.value}", show_header=False)
+    table.add_row("outcome", outcome.message)
+    table.add_row("steps run", str(outcome.steps_run))
+    table.add_row("protocol time", _dur(outcome.protocol_time_s))
+    warp = outcome.protocol_time_s / wall if wall > 0 else 0.0
+    table.add_row("wall time", f"{wall:.2f} s (x{warp:,.0f})")
+    with Journal.open(run.run_dir) as journal:
+        totals: dict[tuple[str, str], float] = {}
+        for a in journal.actions():
+            key = (a.device, a.kind)
+            totals[key] = totals.get(key, 0.0) + (a.delivered_ul or 0.0)
+        for (device, kind), ul in sorted(totals.items()):
+            table.add_row(f"{device} {kind}", f"{ul:.3f} uL (confirmed by the device)")
+        inspections = journal.rows("inspections")
+        events = journal.rows("events")
+        alarms = sum(1 for e in events if e["severity"] in ("alarm", "critical"))
+        table.add_row("images inspected", str(len(inspections)))
+        table.add_row("events", f"{len(events)} ({alarms} alarms)")
+    for n, result in sorted(run.values.cells.items()):
+        if "confluence" in result:
+            table.add_row(f"cell {n}", f"confluence {100 * float(result['confluence']):.0f} %")
+        else:
+            table.add_row(
+                f"cell {n}",
+                f"{result.get('class', '?')}, {result.get('count', 0)} crystal(s), largest "
+                f"{float(result.get('max_length_um', 0.0)):.0f} um",
+            )
+    console.print(table)
+
+
+def _dry_run_figures(console: Console, run: Run) -> None:
+    plan = estimate_program(run.protocol)
+    with Journal.open(run.run_dir) as journal:
+        steps = journal.rows("steps")
+    seen: dict[str, list[float]] = {}
+    for row in steps:
+        top = row["step"].split("@")[0].split(".")[0]
+        if row["started_protocol"] is None or row["ended_protocol"] is None:
+            continue
+        span = seen.setdefault(top, [row["started_protocol"], row["ended_protocol"]])
+        span[0] = min(span[0], row["started_protocol"])
+        span[1] = max(span[1], row["ended_protocol"])
+    table = Table(title="step durations (protocol time)")
+    for col in ("step", "kind", "shortest", "likely", "longest", "this dry run"):
+        table.add_column(col)
+    for p in plan:
+        got = seen.get(p.label)
+        table.add_row(
+            p.label,
+            p.kind,
+            _dur(p.shortest_s),
+            _dur(p.likely_s),
+            _dur(p.longest_s),
+            _dur(got[1] - got[0]) if got else "-",
+        )
+    console.print(table)
+    budget: PowerBudget = run.budget  # type: ignore[attr-defined]
+    tally = ResourceTally(budget=budget)
+    for _label, step in run.program.crew_steps():
+        tally.add_crew_step(step)  # type: ignore[arg-type]
+    tally.add_image(run.steps.image_bytes)
+    with Journal.open(run.run_dir) as journal:
+        tally.add_telemetry(len(journal.rows("telemetry")))
+        tally.add_event(len(journal.rows("events")))
+    summary = tally.summary(max(run.protocol_time(), 1.0))
+    res = Table(title="resources to request from the station operator", show_header=False)
+    for section, figures in summary.items():
+        if isinstance(figures, dict):
+            shown = ", ".join(f"{k} {v}" for k, v in figures.items() if v is not None)
+            res.add_row(section, shown)
+    console.print(res)
 
 
 class _Progress:

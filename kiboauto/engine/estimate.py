@@ -9,6 +9,7 @@ the durations the run really took on the simulated rig.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kiboauto.engine.program import Program, resolve
@@ -56,10 +57,10 @@ def _span(step: StepBase, params: dict[str, object]) -> tuple[float, float]:
         s = 60.0 * ul / rate if rate > 0 else 0.0
         return s, s
     if isinstance(step, SetTemperatureStep):
-        args = step.set_temperature
-        if not args.wait_stable:
+        settle = step.set_temperature
+        if not settle.wait_stable:
             return 0.0, 0.0
-        return _seconds(args.stable_for, params), _seconds(args.within, params)
+        return _seconds(settle.stable_for, params), _seconds(settle.within, params)
     if isinstance(step, CrewStep):
         s = _seconds(step.crew.expected, params)
         return s, s
@@ -84,7 +85,7 @@ def _span(step: StepBase, params: dict[str, object]) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def _sum(steps: list[StepBase], params: dict[str, object]) -> tuple[float, float]:
+def _sum(steps: Sequence[StepBase], params: dict[str, object]) -> tuple[float, float]:
     lo = hi = 0.0
     for s in steps:
         a, b = _span(s, params)

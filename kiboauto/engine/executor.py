@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from kiboauto.clock import Clock
@@ -45,6 +45,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_BURST = 64
+"""Instant steps run back to back before the executor lets other tasks (commands) in."""
+
+_ZERO_WAITS = frozenset({"0 s", "0s", "0 min", "0 h", "0"})
 
 DEFAULT_POLICY = OnFailure(retry=0, delay="0 s", then="hold")
 """A step without ``on_failure`` puts the run on hold for the ground when it fails."""
@@ -126,6 +131,10 @@ class Executor:
         self._step_task: asyncio.Task[None] | None = None
         self._interrupt: str | None = None  # "skip" | "hold" | "abort"
         self._pending_skip = False
+        self._cursor: list[Frame] = []
+        self._cursor_dirty = False
+        self._instant_flags: dict[str, tuple[bool, ...]] = {}
+        journal.before_group_write(self._write_cursor)
         self.at_step: str | None = None  # execution key of the step being run or waited on
 
     # ------------------------------------------------------------------ cursor
@@ -136,7 +145,15 @@ class Executor:
         self.timers = dict(timers)
 
     def _checkpoint(self) -> None:
-        self.journal.set_checkpoint("cursor", [asdict(f) for f in self.frames])
+        """Mark the cursor changed: it is written with the next group of journal writes (the
+        frames are read then, in the same transaction as the step rows they account for)."""
+        self._cursor = self.frames
+        self._cursor_dirty = True
+
+    def _write_cursor(self) -> None:
+        if self._cursor_dirty:
+            self._cursor_dirty = False
+            self.journal.set_checkpoint("cursor", [_frame_json(f) for f in self._cursor])
 
     def save_timers(self) -> None:
         self.journal.set_checkpoint("timers", self.timers)
@@ -155,10 +172,30 @@ class Executor:
         self.frames.pop()
         del self._resume[len(self.frames) :]
 
+    def _loop_suffix(self) -> str:
+        return "".join(f"@{f.iteration + 1}" for f in self.frames if f.block.endswith(".do"))
+
     def execution_key(self, label: str) -> str:
         """The label plus the iteration of every enclosing repeat."""
-        loops = "".join(f"@{f.iteration + 1}" for f in self.frames if f.block.endswith(".do"))
-        return f"{label}{loops}"
+        return label + self._loop_suffix()
+
+    def _instant_step(self, step: StepBase, key: str) -> None:
+        self.at_step = key
+        t, wall = self.protocol_time(), self.clock.wall()
+        row = self.journal.record_step_start(key, 1, t, wall)
+        self.steps_run += 1
+        if step.kind == "event":
+            args = getattr(step, "event")  # noqa: B009 - EventStep's field
+            self._event("protocol_event", args.severity, args.message)
+        self.journal.record_step_end(row, "ok", t, wall)
+
+    @staticmethod
+    def instant(step: StepBase) -> bool:
+        """Steps that end without waiting on anything (events, zero waits) run inline."""
+        if step.kind == "event":
+            return True
+        wait = getattr(step, "wait", None)
+        return isinstance(wait, str) and wait.strip() in _ZERO_WAITS
 
     # ------------------------------------------------------------------ interrupts
 
@@ -174,6 +211,12 @@ class Executor:
                 self._pending_skip = True  # skipped when the run goes on
                 return True
             return False
+        if task.cancelling():
+            # already being stopped: cancelling again would cut its clean-up short (a pump's
+            # stop command), leaving the pump moving. An abort still decides what follows.
+            if why == "abort":
+                self._interrupt = why
+            return True
         self._interrupt = why
         task.cancel()
         return True
@@ -204,9 +247,31 @@ class Executor:
 
     async def _block(self, block: Block, frame: Frame | None = None) -> None:
         frame = frame if frame is not None else self._enter(block.label)
+        suffix = self._loop_suffix()
+        fast = self._instant_flags.get(block.label)
+        if fast is None:
+            fast = self._instant_flags[block.label] = tuple(
+                self.instant(s) and s.timeout is None for s in block.steps
+            )
+        burst = 0
         try:
             while frame.index < len(block.steps):
                 step, label = block.steps[frame.index], block.labels[frame.index]
+                if (
+                    fast[frame.index]
+                    and not self._pending_skip
+                    and self.machine.state is RunState.RUNNING
+                ):
+                    # fast path: a step that waits on nothing runs here, without a coroutine
+                    # of its own; yield to the loop now and then so commands get in
+                    self._instant_step(step, label + suffix)
+                    frame.index += 1
+                    self._checkpoint()
+                    burst += 1
+                    if burst >= _BURST:
+                        burst = 0
+                        await self.clock.sleep(0)
+                    continue
                 try:
                     await self._step(step, label)
                 except _Goto as g:
@@ -232,27 +297,27 @@ class Executor:
         if isinstance(step, GroupStep):
             await self._with_policy(step, label, lambda: self._group(label))
             return
-        await self._with_policy(step, label, lambda: self._leaf(step, label))
+        await self._with_policy(step, label, lambda: self._leaf(step, label, self.at_step))
 
     async def _group(self, label: str) -> None:
         await self._block(self.program.blocks[f"{label}.group"])
 
-    async def _leaf(self, step: StepBase, label: str) -> None:
-        key = self.execution_key(label)
+    async def _leaf(self, step: StepBase, label: str, key: str | None) -> None:
+        key = key or self.execution_key(label)
+        if self.instant(step):
+            await self._run_leaf(step, label, key)  # nothing to interrupt: no task of its own
+            return
         self.current = (label, key)
-        task = asyncio.create_task(self._run_leaf(step, label, key), name=f"step:{key}")
+        task: asyncio.Task[None] = asyncio.ensure_future(self._run_leaf(step, label, key))
         self._step_task = task
         try:
-            await asyncio.shield(task)
+            await task
         except asyncio.CancelledError:
-            if not task.done():
-                # we were cancelled from outside (the run is being closed): stop the step too
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-                raise
-            if self._interrupt is None:
-                raise
+            me = asyncio.current_task()
+            if self._interrupt is None or (me is not None and me.cancelling()):
+                raise  # the run itself is being cancelled (awaiting the step cancelled it too)
+        except BaseException:
+            pass  # the step's error is read from the task below
         finally:
             self._step_task = None
             self.current = None
@@ -396,7 +461,8 @@ class Executor:
         self.values.loop_count = outer_loop
 
     def _checkpoint_with(self, frame: Frame) -> None:
-        self.journal.set_checkpoint("cursor", [asdict(f) for f in [*self.frames, frame]])
+        self._cursor = [*self.frames, frame]
+        self._cursor_dirty = True
 
     async def _branch(self, step: BranchStep, label: str) -> None:
         depth = len(self.frames)
@@ -415,6 +481,10 @@ class Executor:
             chosen = f"{label}.then" if taken else f"{label}.else"
             self._event("branch", "info", f"{label}: '{step.branch.if_}' is {taken}")
         await self._block(self.program.blocks[chosen])
+
+
+def _frame_json(f: Frame) -> dict[str, Any]:
+    return {"block": f.block, "index": f.index, "iteration": f.iteration, "started": f.started}
 
 
 class _Interrupted(Exception):

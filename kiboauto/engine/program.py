@@ -9,6 +9,7 @@ a resumed run knows what a step already did.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,13 +113,25 @@ def _with_unit(key: str, value: float) -> object:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Any:
+    """A quantity literal of the protocol, parsed once (pint parsing costs tens of us)."""
+    return as_quantity(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def literal_in(text: str, unit: str) -> float:
+    """The magnitude of a quantity literal in ``unit`` (cached: steps repeat)."""
+    return float(_parsed(text).to(unit).magnitude)
+
+
 def resolve(value: object, params: Mapping[str, Any], unit: str | None = None) -> Any:
     """A step field's value: a parameter's current value when it names one, else the quantity
     written (converted to ``unit`` when given)."""
     if isinstance(value, str) and is_identifier(value.strip()) and value.strip() in params:
         q = params[value.strip()]
     else:
-        q = as_quantity(value) if isinstance(value, str) else value
+        q = _parsed(value) if isinstance(value, str) else value
     if unit is not None and hasattr(q, "to"):
         return q.to(unit)
     return q

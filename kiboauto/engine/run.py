@@ -53,6 +53,9 @@ class RunOptions:
     auto_release: bool = False
     control_socket: bool = True
     on_step: Callable[[Run], None] | None = None
+    stop_holding_after_s: float | None = None
+    """Stop the process (the run stays holding, resumable) after this long holding: for virtual
+    time, where nobody would answer before the end of time."""
 
 
 @dataclass
@@ -101,7 +104,8 @@ class Run:
         self._clock_origin = clock.now()
         self.resumed = False
         self._lost_acknowledged: set[int] = set()
-        self._held_since: float | None = None
+        self._ticked = float("-inf")
+        self._body: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._power = power
@@ -115,6 +119,7 @@ class Run:
             initial = self._restore()
         else:
             self.journal.start_run(protocol_text, station_text, t_wall=clock.wall())
+            self.journal.set_checkpoint("limits", _limits_for_report(protocol))
         self.journal.group_commits()
         self.machine = RunMachine(initial=initial, on_transition=self._journal_transition)
         self.commands = CommandPath(self, self.journal, clock)
@@ -218,15 +223,39 @@ class Run:
         level = logging.WARNING if severity in ("warning", "alarm", "critical") else logging.INFO
         log.log(level, "event %s [%s]: %s", code, severity, message)
 
-    def _tick(self) -> None:
-        self.journal.set_checkpoint("t_protocol", self.protocol_time())
+    def _tick(self, *, force: bool = False) -> None:
+        """Checkpoint the protocol time (for a resume on virtual time), at most once per
+        protocol second unless forced."""
+        now = self.protocol_time()
+        if not force and now - self._ticked < 1.0:
+            return
+        self._ticked = now
+        self.journal.set_checkpoint("t_protocol", now)
         self.journal.set_checkpoint("t_wall", self.clock.wall())
 
     # ------------------------------------------------------------------ the run
 
     async def execute(self) -> RunOutcome:
         """Run (or go on with) the run until it is completed, aborted or failed."""
-        self.values.params or self._apply_params(self.options.params)
+        if not self.values.params:
+            self._apply_params(self.options.params)
+        server = None
+        if self.options.control_socket:
+            # first: the live socket is also what keeps a second process off this run
+            from kiboauto.engine.control import ControlError, ControlServer
+
+            server = ControlServer(self.run_dir, self.commands)
+            try:
+                await server.start()
+            except (ControlError, OSError) as e:
+                raise ValueError(f"{self.run_dir}: {e}") from None
+        try:
+            return await self._execute(server)
+        finally:
+            if server is not None:
+                await server.aclose()
+
+    async def _execute(self, server: Any) -> RunOutcome:
         if self.machine.state is RunState.IDLE:
             await self.machine.fire("load", "protocol validated")
         if self.machine.state is RunState.LOADED:
@@ -240,14 +269,28 @@ class Run:
         monitor = asyncio.create_task(self.monitor.run(), name="monitor")
         limits = asyncio.create_task(self._time_limits(), name="time-limits")
         self._tasks |= {monitor, limits}
-        server = None
-        if self.options.control_socket:
-            from kiboauto.engine.control import ControlServer
-
-            server = ControlServer(self.run_dir, self.commands)
-            await server.start()
+        body = asyncio.create_task(self.executor.run(), name="executor")
+        self._body = body
+        watch = asyncio.create_task(self._stop_if_held(), name="hold-watch")
+        self._tasks |= {body, watch}
         try:
-            await self.executor.run()
+            await asyncio.wait({body, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not body.done():
+                body.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await body
+                message = (
+                    f"stopped while holding (nobody answered for "
+                    f"{self.options.stop_holding_after_s:g} s of protocol time); the run is "
+                    "still holding: 'kiboauto resume' it and release, skip or abort"
+                )
+                self.event("run_stopped_holding", "alarm", message)
+                return self._outcome(message)
+            if body.cancelled():
+                if self.machine.state is not RunState.ABORTED:
+                    raise asyncio.CancelledError
+                raise RunAborted("by command")
+            await body
             await self.machine.fire("complete", "every step done")
             message = "completed"
         except RunAborted as e:
@@ -267,10 +310,8 @@ class Run:
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            if server is not None:
-                await server.aclose()
             with contextlib.suppress(Exception):
-                self._tick()
+                self._tick(force=True)
                 self.journal.flush()
         self.event("run_ended", "info", message)
         self.journal.flush()
@@ -299,7 +340,9 @@ class Run:
             pump = by_name.get(marker.device)
             t = self.protocol_time()
             if not isinstance(pump, SyringePump):
-                self.journal.mark_lost(intent.action_id, f"no device {marker.device} now", t_protocol=t)
+                self.journal.mark_lost(
+                    intent.action_id, f"no device {marker.device} now", t_protocol=t
+                )
                 continue
             try:
                 delivery = await pump.delivered_since(marker)
@@ -387,6 +430,19 @@ class Run:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _stop_if_held(self) -> None:
+        limit = self.options.stop_holding_after_s
+        if limit is None:
+            await asyncio.Event().wait()
+            return
+        while True:
+            await self.machine.wait_until(RunState.HOLDING)
+            try:
+                async with self.clock.timeout(limit):
+                    await self.machine.wait_until(lambda s: s is not RunState.HOLDING)
+            except TimeoutError:
+                return
+
     async def _time_limits(self) -> None:
         """Run the safe action when the run stays paused or holding longer than biology allows."""
         limits = self.protocol.time_limits
@@ -394,12 +450,12 @@ class Run:
             state = await self.machine.wait_until((RunState.PAUSED, RunState.HOLDING))
             limit = limits.max_paused if state is RunState.PAUSED else limits.max_holding
             if limit is None:
-                await self.machine.wait_until(lambda s, st=state: s is not st)
+                await self.machine.wait_until(_leaves(state))
                 continue
             seconds = float(as_quantity(limit).to("s").magnitude)
             try:
                 async with self.clock.timeout(seconds):
-                    await self.machine.wait_until(lambda s, st=state: s is not st)
+                    await self.machine.wait_until(_leaves(state))
                 continue
             except TimeoutError:
                 pass
@@ -410,7 +466,7 @@ class Run:
             else:
                 self.event("time_limit", "alarm", why + ": safe state")
                 await self._safe_state(why)
-            await self.machine.wait_until(lambda s, st=state: s is not st)
+            await self.machine.wait_until(_leaves(state))
 
     # ------------------------------------------------------------------ MonitorSink
 
@@ -454,7 +510,9 @@ class Run:
         spec = self.protocol.parameters.get(name)
         if spec is None:
             known = ", ".join(self.protocol.parameters) or "none"
-            return Verdict(False, Reason.UNKNOWN_PARAMETER, f"no parameter {name!r} ({known})", state)
+            return Verdict(
+                False, Reason.UNKNOWN_PARAMETER, f"no parameter {name!r} ({known})", state
+            )
         if state not in (RunState.IDLE, RunState.LOADED) and not spec.settable:
             return Verdict(False, Reason.NOT_SETTABLE, f"{name} cannot change during a run", state)
         try:
@@ -485,7 +543,9 @@ class Run:
             return Verdict(False, Reason.WRONG_UNIT, f"{name} needs a unit like {unit}: {e}", state)
         except Exception as e:  # pint's dimensionality error
             unit = getattr(default, "units", "")
-            return Verdict(False, Reason.WRONG_UNIT, f"{name} is in {unit}, not {value}: {e}", state)
+            return Verdict(
+                False, Reason.WRONG_UNIT, f"{name} is in {unit}, not {value}: {e}", state
+            )
         return None
 
     async def set_parameter(self, name: str, value: str) -> str:
@@ -536,7 +596,11 @@ class Run:
                 self.journal.set_checkpoint("lost_acknowledged", sorted(self._lost_acknowledged))
             return "released: the step in progress runs again (pumps move only their remainder)"
         if trigger == "abort":
-            self.executor.interrupt("abort")
+            stopping = self.executor.interrupt("abort")
+            if not stopping and self._body is not None and not self._body.done():
+                # no step to stop: end a wait between steps at once. Never both: a second
+                # cancellation would cut short the step's own clean-up (the pump's stop)
+                self._body.cancel()
             self._spawn(self._safe_state("aborted"))
             return "aborted: hardware going to its safe state"
         return trigger
@@ -553,6 +617,39 @@ class Run:
             "cells": {str(k): v for k, v in self.values.cells.items()},
             "telemetry": {k: str(v) for k, v in self.monitor.values().items()},
         }
+
+
+def _limits_for_report(protocol: Protocol) -> dict[str, Any]:
+    """The monitor limits as plain numbers in the unit of their first bound (for reports)."""
+    out: dict[str, Any] = {}
+    for spec in protocol.monitor:
+        for reading, limits in spec.limits.items():
+            unit: str | None = None
+            entry: dict[str, Any] = {}
+            for level in ("yellow", "red"):
+                pair = getattr(limits, level)
+                if pair is None:
+                    entry[level] = None
+                    continue
+                values: list[float | None] = []
+                for bound in pair:
+                    if bound is None:
+                        values.append(None)
+                        continue
+                    q = as_quantity(bound) if isinstance(bound, str) else bound
+                    if hasattr(q, "to"):
+                        unit = unit or f"{q.units:~}"
+                        values.append(float(q.to(unit).magnitude))
+                    else:
+                        values.append(float(q))
+                entry[level] = values
+            entry["unit"] = unit or ""
+            out[f"{spec.device}.{reading}"] = entry
+    return out
+
+
+def _leaves(state: RunState) -> Callable[[RunState], bool]:
+    return lambda s: s is not state
 
 
 def _sha(text: str) -> str:

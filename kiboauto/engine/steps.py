@@ -32,7 +32,7 @@ from kiboauto.devices import (
     Valve,
 )
 from kiboauto.engine.executor import StepFailed
-from kiboauto.engine.program import Values, resolve
+from kiboauto.engine.program import Values, literal_in, resolve
 from kiboauto.journal import Journal
 from kiboauto.protocol.model import (
     CaptureStep,
@@ -42,7 +42,6 @@ from kiboauto.protocol.model import (
     HoldStep,
     InitializeStep,
     InspectStep,
-    Protocol as ProtocolModel,
     PumpArgs,
     SelectPortStep,
     SetTemperatureStep,
@@ -50,9 +49,12 @@ from kiboauto.protocol.model import (
     WaitStep,
     WithdrawStep,
 )
+from kiboauto.protocol.model import (
+    Protocol as ProtocolModel,
+)
 from kiboauto.units import Q_, as_quantity
 
-__all__ = ["GrowthCellCamera", "LeafSteps", "VISION_VERSION"]
+__all__ = ["VISION_VERSION", "GrowthCellCamera", "LeafSteps"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,8 @@ class LeafSteps:
             raise StepError(f"no device plays role {role!r}") from None
 
     def _q(self, value: object, unit: str) -> float:
+        if isinstance(value, str) and value not in self.values.params:
+            return literal_in(value, unit)
         return float(resolve(value, self.values.params, unit).magnitude)
 
     @contextlib.asynccontextmanager
@@ -155,8 +159,8 @@ class LeafSteps:
         elif isinstance(step, CaptureStep):
             await self.capture(step.capture.camera, step.capture.cell, key, inspect=None)
         elif isinstance(step, InspectStep):
-            args = step.inspect
-            await self.capture(args.camera, args.cell, key, inspect=args.mode)
+            look = step.inspect
+            await self.capture(look.camera, look.cell, key, inspect=look.mode)
         elif isinstance(step, HoldStep):
             await self._hold(step.hold)
             await self._wait_released()
@@ -297,6 +301,8 @@ class LeafSteps:
 
     async def wait(self, seconds: float, key: str) -> None:
         """Wait until a deadline kept in the journal (a resumed wait keeps its deadline)."""
+        if seconds <= 0:
+            return
         deadline = self.timers.get(key)
         if deadline is None:
             deadline = self.protocol_time() + seconds
@@ -389,7 +395,9 @@ class LeafSteps:
             try:
                 await self.clock.wait_for(self._crew_done.wait(), limit)
             except TimeoutError:
-                raise StepError(f"crew did not confirm {label} within {args.wait_at_most}") from None
+                raise StepError(
+                    f"crew did not confirm {label} within {args.wait_at_most}"
+                ) from None
             self.crew_minutes += expected_s / 60.0
         finally:
             self.waiting_crew = None

@@ -84,7 +84,8 @@ def format_path(path: Sequence[str | int]) -> str:
 @dataclass(frozen=True)
 class Problem:
     """One mistake in a protocol: where it is (file, 1-based line and column, path of keys) and a
-    message that says what was expected. ``line`` 0 means the whole file."""
+    message that says what was expected. ``line`` 0 means the whole file, ``column`` 0 the whole
+    line."""
 
     file: str
     line: int
@@ -93,7 +94,12 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}" if self.line > 0 else self.file
+        if self.line <= 0:
+            where = self.file
+        elif self.column <= 0:
+            where = f"{self.file}:{self.line}"
+        else:
+            where = f"{self.file}:{self.line}:{self.column}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,6 +258,8 @@ def _line_col(text: str, index: int) -> Position:
 
 
 _MAP_TAG = "tag:yaml.org,2002:map"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null"))
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
@@ -313,16 +321,27 @@ class _Builder:
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
         self._text_position(node, path)
-        try:
-            return self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError as e:
-            problem = getattr(e, "problem", None) or str(e)
-            self.problem(_pos(node.start_mark), path, f"{problem}; expected a plain value")
-        except (ValueError, OverflowError) as e:
+        if node.tag == _TIMESTAMP_TAG:
+            return node.value  # a date is text here: no field of a protocol is a date
+        if node.tag not in _SCALAR_TAGS:
             self.problem(
                 _pos(node.start_mark),
                 path,
-                f"cannot read {node.value[:40]!r}: {e}; expected a number, a text or true/false",
+                f"tag {node.tag!r}; expected a plain value (text, a number, true/false, null)",
+            )
+            return None
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as e:  # pragma: no cover - the tags left construct plainly
+            problem = getattr(e, "problem", None) or str(e)
+            self.problem(_pos(node.start_mark), path, f"{problem}; expected a plain value")
+        except (ValueError, OverflowError) as e:
+            reason = str(e).split(";")[0]
+            self.problem(
+                _pos(node.start_mark),
+                path,
+                f"cannot read {node.value[:20]!r}...: {reason}; expected a number, text or "
+                "true/false",
             )
         return None
 
@@ -360,7 +379,9 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, Positions]:
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             message = f"not valid YAML: {e.problem or e.context or 'syntax error'}"
-            if e.context and e.context_mark is not None and e.problem_mark is not None:
+            if e.context and e.problem and e.problem.startswith("but "):
+                message = f"not valid YAML: {e.context}, {e.problem}"
+            elif e.context and e.context_mark is not None and e.problem_mark is not None:
                 c = e.context_mark
                 message += f" ({e.context} at line {c.line + 1}, column {c.column + 1})"
             raise fail(_pos(mark) if mark else (1, 1), message) from None

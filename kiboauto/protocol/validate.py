@@ -107,14 +107,14 @@ SIM_CAMERA_CELLS = 8
 CELL_FIELDS: dict[str, object] = {
     "class": "crystals",
     "count": 1,
-    "max_length_um": 1.0,
+    "max_length_um": Q_(1.0, "um"),
     "confluence": 0.5,
     "confidence": 0.9,
 }
 _CELL_FIELD_TYPES = {
     "class": "text",
     "count": "a whole number",
-    "max_length_um": "a plain number (micrometres)",
+    "max_length_um": "a length (um)",
     "confluence": "a plain number (fraction 0..1)",
     "confidence": "a plain number (0..1)",
 }
@@ -124,11 +124,20 @@ _TYPED_READINGS: dict[str, dict[str, Any]] = {
     "ThermalController": {"temperature": Q_(20.0, "degC"), "setpoint": Q_(20.0, "degC")},
 }
 
-_ROLE_FIELDS = {
-    "pump": "SyringePump",
-    "valve": "Valve",
-    "device": "ThermalController",
-    "camera": "Camera",
+#: fields of step arguments that name a role, and the kind of role they need (None: any)
+_ROLE_FIELDS: dict[str, dict[str, str | None]] = {
+    "dispense": {"pump": "SyringePump"},
+    "withdraw": {"pump": "SyringePump"},
+    "select_port": {"valve": "Valve"},
+    "set_temperature": {"device": "ThermalController"},
+    "capture": {"camera": "Camera"},
+    "inspect": {"camera": "Camera"},
+}
+_ANY_ROLE_FIELDS: dict[str, str | None] = {
+    "pump": None,
+    "valve": None,
+    "device": None,
+    "camera": None,
 }
 _DIMENSIONS = {
     "volume": "[length] ** 3",
@@ -176,6 +185,13 @@ def _mag(q: Any, unit: str) -> float | None:
     except (pint.errors.PintError, TypeError, ValueError, OverflowError, ArithmeticError):
         return None
     return value if not math.isnan(value) else None
+
+
+def _safe_value(value: QuantityText) -> Any:
+    try:
+        return value_of(value)
+    except ValueError:  # pragma: no cover - the model read it already
+        return None
 
 
 @dataclass(frozen=True)
@@ -384,13 +400,23 @@ class _Checker:
             s, p = at.step, at.path
             kind = s.kind
             args = getattr(s, kind, None)
-            for field_name, role_kind in _ROLE_FIELDS.items():
+            for field_name, role_kind in _ROLE_FIELDS.get(kind, _ANY_ROLE_FIELDS).items():
                 role = getattr(args, field_name, None)
                 if isinstance(role, str):
                     self.role_ok((*p, kind, field_name), role, role_kind, field_name)
+        limited: dict[tuple[str, str], int] = {}
         for i, m in enumerate(self.p.monitor):
             if self.role_ok(("monitor", i, "device"), m.device, None, "device"):
                 self.check_limits(i)
+            for reading in m.limits:
+                first = limited.setdefault((m.device, reading), i)
+                if first != i:
+                    self.add(
+                        ("monitor", i, "limits", reading),
+                        f"limits of {m.device}.{reading} are already given in monitor[{first}]; "
+                        "expected one set of limits per reading",
+                        at_key=True,
+                    )
         for name in self.p.safe.temperatures:
             self.role_ok(("safe", "temperatures", name), name, "ThermalController", "safe")
 
@@ -432,6 +458,14 @@ class _Checker:
 
     def inspected_cells(self) -> set[int]:
         return {at.step.inspect.cell for at in self.steps if isinstance(at.step, InspectStep)}
+
+    def inspect_modes(self) -> dict[int, set[str]]:
+        """The modes each cell is inspected in."""
+        out: dict[int, set[str]] = {}
+        for at in self.steps:
+            if isinstance(at.step, InspectStep):
+                out.setdefault(at.step.inspect.cell, set()).add(at.step.inspect.mode)
+        return out
 
     def typed_env(self) -> dict[str, object]:
         env: dict[str, object] = {}
@@ -501,6 +535,14 @@ class _Checker:
                     f"no inspect step inspects cell {parts[1]} ('{text}'); expected one of the "
                     f"inspected cells: {listed}"
                 )
+            mode = "confluence" if parts[2] == "confluence" else "crystals"
+            modes = self.inspect_modes().get(parts[1], set())
+            if mode not in modes:
+                return (
+                    f"'{text}' comes from an inspect step with mode {mode}, and cell {parts[1]} "
+                    f"is only inspected with mode {', '.join(sorted(modes))}; expected an inspect "
+                    f"step of cell {parts[1]} with mode {mode}"
+                )
             return None
         if head == "run":
             if parts == ("run", "time"):
@@ -513,9 +555,16 @@ class _Checker:
                 return "loop.count is only defined inside a repeat; expected it in a repeat"
             return None
         if isinstance(head, str) and head in self.p.roles:
-            if len(parts) == 2 and isinstance(parts[1], str):
-                return None
-            return f"'{text}' is not a reading; expected {head}.READING, e.g. {head}.temperature"
+            if len(parts) != 2 or not isinstance(parts[1], str):
+                return (
+                    f"'{text}' is not a reading; expected {head}.READING, e.g. {head}.temperature"
+                )
+            if head not in {m.device for m in self.p.monitor}:
+                return (
+                    f"'{text}' is a reading of role '{head}', which is not monitored, so it is "
+                    f"never sampled; expected a monitor entry for it (monitor: - device: {head})"
+                )
+            return None
         roles = ", ".join(self.p.roles)
         return (
             f"unknown name '{text}'; expected params.NAME, ROLE.READING (roles: {roles}), "
@@ -570,8 +619,8 @@ class _Checker:
             if isinstance(s, CrewStep) and s.id is None:
                 self.add(
                     p,
-                    "a crew step needs an id (the crew confirms it by id: 'ctl confirm ID'); "
-                    "expected e.g. 'id: passage_cells'",
+                    "a crew step needs an id (the crew confirms it by id: 'kiboauto ctl RUN_DIR "
+                    "confirm ID'); expected e.g. 'id: passage_cells'",
                 )
         for at in self.steps:
             s, p = at.step, at.path
@@ -599,7 +648,7 @@ class _Checker:
     # -- station -------------------------------------------------------------------------------
 
     def station_device(self, role: str) -> Any:
-        if self.station is None:
+        if self.station is None or role not in self.p.roles:
             return None
         return self.station.devices.get(self.p.device_for(role))
 
@@ -802,6 +851,44 @@ class _Checker:
                         f"<= {_fmt(hi)} degC",
                     )
 
+    def check_red_limits(self) -> None:
+        """A red limit puts the run on hold: the red band of a controller's temperature must
+        hold every set point the protocol gives that controller."""
+        for i, m in enumerate(self.p.monitor):
+            role = self.p.roles.get(m.device)
+            limits = m.limits.get("temperature")
+            if role is None or role.kind != "ThermalController" or limits is None:
+                continue
+            if limits.red is None:
+                continue
+            low, high = (None if v is None else _mag(_safe_value(v), "degC") for v in limits.red)
+            outside: list[str] = []
+            for at in self.steps:
+                s = at.step
+                if isinstance(s, SetTemperatureStep) and s.set_temperature.device == m.device:
+                    outside += self.outside(s.set_temperature.to, low, high)
+            if m.device in self.p.safe.temperatures:
+                outside += self.outside(self.p.safe.temperatures[m.device], low, high)
+            if outside:
+                lo_text = "-inf" if low is None else _fmt(low)
+                hi_text = "inf" if high is None else _fmt(high)
+                listed = list(dict.fromkeys(outside))
+                verb = "is" if len(listed) == 1 else "are"
+                noun = "set point" if len(listed) == 1 else "set points"
+                self.add(
+                    ("monitor", i, "limits", "temperature", "red"),
+                    f"{noun} {'; '.join(listed)} {verb} outside the red band "
+                    f"{lo_text}..{hi_text} degC of {m.device}.temperature: reaching it would put "
+                    "the run on hold; expected a red band that holds every set point of the run",
+                )
+
+    def outside(self, value: QuantityText, low: float | None, high: float | None) -> list[str]:
+        return [
+            desc
+            for desc, c in self.values(value, "degC", "min max")
+            if (low is not None and c < low) or (high is not None and c > high)
+        ]
+
     def check_ports_and_cells(self) -> None:
         for at in self.steps:
             s = at.step
@@ -924,6 +1011,7 @@ class _Checker:
         self.check_volumes()
         self.check_reservoirs()
         self.check_setpoints()
+        self.check_red_limits()
         self.check_ports_and_cells()
         self.check_repeats()
         self.check_duration()

@@ -1,0 +1,1 @@
+"""Example protocols (YAML), installed as package data for `kiboauto demo`."""
