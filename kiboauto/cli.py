@@ -628,7 +628,7 @@ def run(
             raise _fail("give --hil or --station, not both")
         request = RunRequest(protocol=protocol, run_dir=run_dir or _default_run_dir(protocol))
         request.station = None if (hil or dry_run) else station
-    request.speed = speed or ("max" if request.station is None else "1")
+    request.speed = speed or ("max" if _all_simulated(request.station) else "1")
     request.params = _parse_sets(set_)
     request.dry_run = dry_run
     request.auto_crew = auto_crew
@@ -713,6 +713,19 @@ def report(
     from kiboauto.engine.report import report_main
 
     raise typer.Exit(report_main(run_dir, out_dir))
+
+
+def _all_simulated(station: Path | None) -> bool:
+    """Whether every device runs in this process (``--hil``, or a station of ``port: sim``):
+    then virtual time is the default."""
+    if station is None:
+        return True
+    from kiboauto.station import load_station
+
+    try:
+        return all(d.port == "sim" for d in load_station(station).devices.values())
+    except ConfigError:
+        return False  # the run reports the file's problem
 
 
 def _default_run_dir(protocol: Path) -> Path:

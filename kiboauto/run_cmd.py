@@ -193,6 +193,7 @@ def run_request(
     if run is not None:
         run.close()
         run.budget = budget  # type: ignore[attr-defined]
+        run.station = station  # type: ignore[attr-defined]
     return outcome, run
 
 
@@ -289,7 +290,7 @@ def _dry_run_figures(console: Console, run: Run) -> None:
         steps = journal.rows("steps")
     seen: dict[str, list[float]] = {}
     for row in steps:
-        top = row["step"].split("@")[0].split(".")[0]
+        top = run.program.top_level(row["step"].split("@")[0])
         if row["started_protocol"] is None or row["ended_protocol"] is None:
             continue
         span = seen.setdefault(top, [row["started_protocol"], row["ended_protocol"]])
@@ -310,19 +311,39 @@ def _dry_run_figures(console: Console, run: Run) -> None:
         )
     console.print(table)
     budget: PowerBudget = run.budget  # type: ignore[attr-defined]
-    tally = ResourceTally(budget=budget)
+    station: StationFile = run.station  # type: ignore[attr-defined]
+    tally = ResourceTally(station.allocations, budget=budget)
     for _label, step in run.program.crew_steps():
         tally.add_crew_step(step)  # type: ignore[arg-type]
-    tally.add_image(run.steps.image_bytes)
+    for size in run.steps.image_sizes:
+        tally.add_image(size)
     with Journal.open(run.run_dir) as journal:
         tally.add_telemetry(len(journal.rows("telemetry")))
         tally.add_event(len(journal.rows("events")))
-    summary = tally.summary(max(run.protocol_time(), 1.0))
-    res = Table(title="resources to request from the station operator", show_header=False)
-    for section, figures in summary.items():
-        if isinstance(figures, dict):
-            shown = ", ".join(f"{k} {v}" for k, v in figures.items() if v is not None)
-            res.add_row(section, shown)
+    s = tally.summary(max(run.protocol_time(), 1.0))
+    res = Table(title="resources to request from the station operator")
+    for col in ("resource", "this run", "allocation", "verdict"):
+        res.add_column(col)
+    power, crew, down = s["power"], s["crew"], s["downlink"]
+    unknown = (
+        f" (no figures for {', '.join(power['unknown_devices'])})"
+        if power["unknown_devices"]
+        else ""
+    )
+    res.add_row("peak power", f"{power['peak_w']:.1f} W{unknown}", _alloc(power), power["verdict"])
+    res.add_row(
+        "crew time",
+        f"{crew['total_min']:.0f} min in all, {crew['per_day_min']:.1f} min/day",
+        _alloc(crew),
+        crew["verdict"],
+    )
+    res.add_row(
+        "downlink",
+        f"{down['total_mb']:.1f} MB in all ({down['images']} images, {down['telemetry_rows']} "
+        f"telemetry rows, {down['events']} events), {down['per_day_mb']:.1f} MB/day",
+        _alloc(down),
+        down["verdict"],
+    )
     console.print(res)
 
 
@@ -374,6 +395,11 @@ class _Progress:
         table.add_row("next crew action", crew)
         table.add_row("next ground decision", "now: holding" if holding else "none pending")
         self._live.update(table, refresh=True)
+
+
+def _alloc(section: dict[str, Any]) -> str:
+    value = section.get("allocation")
+    return "-" if value is None else f"{value:g}"
 
 
 def _dur(seconds: float) -> str:

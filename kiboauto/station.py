@@ -124,6 +124,18 @@ def load_station(path: str | Path) -> StationFile:
     return load_model(StationFile, path)
 
 
+DEFAULT_POWER_W: dict[str, PowerDraw] = {
+    "newera": PowerDraw(idle=2.0, active=6.0),  # NE-1000 stepper at rest / moving
+    "cavro": PowerDraw(idle=3.0, active=12.0),  # XCalibur plunger and valve motors
+    "modbus-tc": PowerDraw(idle=5.0, active=40.0),  # controller / Peltier stage driving
+    "opencv": PowerDraw(idle=1.0, active=4.0),  # camera / camera with its LED lit
+}
+"""What the simulated rig's devices draw: figures of the order of their data sheets."""
+
+DEFAULT_ALLOCATIONS = Allocations(power_w=60.0, crew_min_per_day=30.0, downlink_mb_per_day=100.0)
+"""The simulated unit's allocation from the station (an example, not a real station's)."""
+
+
 def default_station() -> StationFile:
     """Every device of the default HIL rig, simulated in this process."""
     from kiboauto.hil.rig import CAMERA_PROTOCOL, default_rig
@@ -136,8 +148,9 @@ def default_station() -> StationFile:
             port=SIM,
             options=_driver_options_for(dev.protocol, dev.options),
             sim=SimSettings(options=dev.options, seed=dev.seed, faults=dev.faults),
+            power_w=DEFAULT_POWER_W.get(driver),
         )
-    return StationFile(devices=devices)
+    return StationFile(devices=devices, allocations=DEFAULT_ALLOCATIONS)
 
 
 def _driver_options_for(protocol: str, sim_options: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ fail or go to a step). Pause, hold, skip and abort come from the run (commands, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass

@@ -72,6 +72,15 @@ class Program:
                 self._add_block(child_label, child_steps, prefix=f"{child_label}.")
         self.blocks[block_label] = Block(block_label, steps, tuple(labels))
 
+    def top_level(self, label: str) -> str:
+        """The top-level step that contains the step ``label`` (itself when top-level)."""
+        block = self.parent.get(label)
+        while block is not None and block != "main":
+            owner = block.rsplit(".", 1)[0]  # "<label>.do" / ".then" / ".else" / ".group"
+            label = owner
+            block = self.parent.get(owner)
+        return label
+
     def walk(self) -> Iterator[tuple[str, StepBase]]:
         """Every step with its label, in program order."""
         yield from self.steps.items()

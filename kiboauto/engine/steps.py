@@ -118,6 +118,7 @@ class LeafSteps:
         self._crew_done = asyncio.Event()
         self.images = 0
         self.image_bytes = 0
+        self.image_sizes: list[int] = []
         self.crew_minutes = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -319,14 +320,15 @@ class LeafSteps:
 
     async def capture(self, role: str, cell: int, key: str, *, inspect: str | None) -> None:
         camera = self.device(role)
-        if isinstance(camera, GrowthCellCamera):
-            frame = await camera.capture_cell(cell)
-        elif isinstance(camera, Camera):
-            if cell != 1:
-                raise StepError(f"{role} images one field only; it has no cell {cell}")
-            frame = await camera.capture()
-        else:
-            raise StepError(f"{role} is not a camera")
+        async with self._active(role, "capture"):
+            if isinstance(camera, GrowthCellCamera):
+                frame = await camera.capture_cell(cell)
+            elif isinstance(camera, Camera):
+                if cell != 1:
+                    raise StepError(f"{role} images one field only; it has no cell {cell}")
+                frame = await camera.capture()
+            else:
+                raise StepError(f"{role} is not a camera")
         image = np.asarray(frame)
         t = self.protocol_time()
         rel = Path("images") / f"cell{cell}" / f"t{t:011.0f}s_{_safe(key)}.png"
@@ -339,6 +341,7 @@ class LeafSteps:
         path.write_bytes(data)
         self.images += 1
         self.image_bytes += len(data)
+        self.image_sizes.append(len(data))
         digest = hashlib.sha256(data).hexdigest()
         if inspect is None:
             self.journal.record_inspection(

@@ -8,6 +8,7 @@ result for people (one ``file:line:column: path: message`` line per problem) or 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,17 @@ def count_steps(steps: list[Any]) -> int:
 def _station_problems(path: Path, error: ConfigError) -> list[Problem]:
     """A station file's errors (``file:line: path: message`` lines) as problems."""
     out = []
+    prefix = f"{path}: "
     for line in str(error).splitlines():
-        where, _, rest = line.partition(": ")
-        file, _, number = where.rpartition(":")
-        if file and number.isdigit():
-            out.append(Problem(file, int(number), 0, "", rest))
+        m = _CONFIG_LINE.match(line)
+        if m is not None:
+            out.append(Problem(m["file"], int(m["line"]), 0, "", m["rest"]))
         else:
-            out.append(Problem(str(path), 0, 0, "", f"station file: {line}"))
+            out.append(Problem(str(path), 0, 0, "", line.removeprefix(prefix)))
     return out
+
+
+_CONFIG_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<rest>.*)$")
 
 
 def _summary(loaded: LoadedProtocol) -> str:
