@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import tempfile
 from collections import Counter
@@ -33,7 +34,6 @@ from typer.testing import CliRunner
 
 from kiboauto.cli import app
 from kiboauto.clock import VirtualClock
-from kiboauto.devices import SyringePump
 from kiboauto.drivers.streams import ByteStream, Connector, MemoryPipe
 from kiboauto.drivers.trace import ByteTrace
 from kiboauto.drivers.transport import SerialTransport
@@ -122,7 +122,9 @@ def _protocol(text: str, name: str = "test.yaml") -> LoadedProtocol:
     return load_text(text, name)
 
 
-def _plan(protocol: Protocol, params: Mapping[str, str] | None = None) -> dict[tuple[str, str], float]:
+def _plan(
+    protocol: Protocol, params: Mapping[str, str] | None = None
+) -> dict[tuple[str, str], float]:
     """What the protocol moves, in uL per (device, kind): pump steps times their repeats.
 
     Repeats with ``until`` and branches must not contain pump steps (their count would depend on
@@ -301,7 +303,7 @@ def test_protein_crystal_example_completes_and_every_volume_is_the_plan(tmp_path
         assert all(r["outcome"] == "ok" for r in steps), [r for r in steps if r["outcome"] != "ok"]
         # one repeat round every 6 h of protocol time
         starts = [r["started_protocol"] for r in steps if r["step"].startswith("image_cells.do.1@")]
-        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert all(g == pytest.approx(6 * 3600, abs=1.0) for g in gaps), gaps
 
         inspections = journal.rows("inspections")
@@ -372,11 +374,14 @@ def _table(path: Path, table: str) -> list[dict[str, Any]]:
 
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()  # noqa: S608
+        cursor = conn.execute(f"SELECT * FROM {table} ORDER BY rowid")
+        names = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
     finally:
         conn.close()
-    return [{k: r[k] for k in r.keys() if k not in WALL_COLUMNS} for r in rows]
+    return [
+        {n: v for n, v in zip(names, row, strict=True) if n not in WALL_COLUMNS} for row in rows
+    ]
 
 
 def _demo_run(run_dir: Path, seed: int) -> None:
@@ -480,9 +485,12 @@ def test_commands_at_chosen_protocol_times_never_fire_a_step_twice(tmp_path: Pat
         assert _triggers(journal) == [
             "load", "start", "pause", "resume", "hold", "release", "complete"
         ]  # fmt: skip
-        commands = [(c["command"], c["accepted"], c["reason_code"]) for c in journal.rows("commands")]
+        commands = [
+            (c["command"], c["accepted"], c["reason_code"]) for c in journal.rows("commands")
+        ]
         assert commands == [
-            (text.split()[0], int(reason is Reason.OK), reason.value) for _, text, reason, _, _ in log
+            (text.split()[0], int(reason is Reason.OK), reason.value)
+            for _, text, reason, _, _ in log
         ]
         per_step = _per_step(journal)
         assert per_step["d1"] == pytest.approx(40.0, abs=NEWERA_STEP_UL)
@@ -592,3 +600,281 @@ def test_random_pause_and_hold_sequences_deliver_the_plan_once(
             # each stop is read back to the display's resolution and rounds either way: over
             # 300 random examples the truth stayed within half a step of the plan
             assert truth == pytest.approx(120.0, abs=step_ul * 1.01), answers
+
+
+# ------------------------------------------------------------------------------ resume
+
+
+class Cable:
+    """A cable between a driver and a simulator in this process, which can be cut.
+
+    Cutting it is what a crash of the host process looks like from the device: the line goes
+    quiet, nothing the dying process still tries to send arrives, and the pump carries on with
+    whatever it was doing.
+    """
+
+    def __init__(self, simulator: Any) -> None:
+        self.simulator = simulator
+        self.is_cut = False
+        self._ends: list[ByteStream] = []
+
+    async def connect(self) -> ByteStream:
+        if self.is_cut:
+            raise ConnectionError(f"{self.simulator.name}: the cable is cut")
+        pipe = MemoryPipe(self.simulator.name)
+        self.simulator.start_serving(pipe.device)
+        self._ends.append(pipe.host)
+        return pipe.host
+
+    async def cut(self) -> None:
+        self.is_cut = True
+        for end in self._ends:
+            await end.close()
+
+
+class Rig:
+    """The pump's simulator, kept across processes; each "process" gets its own driver on it."""
+
+    def __init__(self, station: StationFile, clock: VirtualClock) -> None:
+        self.station = station
+        self.clock = clock
+        self.simulators: dict[str, Any] = {}
+        self.power_on()
+
+    def power_on(self, name: str | None = None) -> None:
+        """(Re)build simulators: a fresh one is a device that was power-cycled."""
+        for dev, spec in self.station.devices.items():
+            if name is None or dev == name:
+                _, self.simulators[dev] = build_device(dev, spec, self.clock, ByteTrace())
+
+    async def drivers(self, generation: int) -> tuple[dict[str, Any], list[Cable]]:
+        import importlib
+
+        devices: dict[str, Any] = {}
+        cables: list[Cable] = []
+        for name, spec in self.station.devices.items():
+            module, _, attr = DRIVERS[spec.driver].partition(":")
+            cls = getattr(importlib.import_module(module), attr)
+            cable = Cable(self.simulators[name])
+            connector: Connector = cable.connect
+            transport = SerialTransport(
+                name, connector, port=f"sim://{name}/{generation}", clock=self.clock
+            )
+            device = cls(name, transport, clock=self.clock, **spec.options)
+            await device.connect()
+            devices[name] = device
+            cables.append(cable)
+        return devices, cables
+
+
+@dataclass
+class Process:
+    """One engine "process": a Run on its own drivers and cables, running as a task."""
+
+    run: Run
+    task: asyncio.Task[RunOutcome]
+    devices: dict[str, Any]
+    cables: list[Cable]
+
+    async def crash(self) -> None:
+        """Die where it is: the journal is closed with nothing more written, the cables go
+        dead, and the task is cancelled (whatever its clean-up tries reaches nothing)."""
+        self.run.close()
+        for cable in self.cables:
+            await cable.cut()
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+        for device in self.devices.values():
+            with contextlib.suppress(Exception):
+                await device.transport.close()
+
+    async def finish(self) -> RunOutcome:
+        try:
+            return await self.task
+        finally:
+            self.run.close()
+            for device in self.devices.values():
+                with contextlib.suppress(Exception):
+                    await device.close()
+
+
+async def _start(loaded: LoadedProtocol, rig: Rig, run_dir: Path, generation: int) -> Process:
+    devices, cables = await rig.drivers(generation)
+    run = Run(
+        loaded.protocol,
+        loaded.text,
+        devices,
+        "",
+        run_dir,
+        rig.clock,
+        RunOptions(control_socket=False),
+    )
+    return Process(run, asyncio.create_task(run.execute()), devices, cables)
+
+
+@contextlib.asynccontextmanager
+async def _rig(clock: VirtualClock) -> AsyncIterator[Rig]:
+    rig = Rig(_pump_station(), clock)
+    try:
+        yield rig
+    finally:
+        for sim in rig.simulators.values():
+            await sim.aclose()
+
+
+@pytest.mark.req(ENG)
+def test_resume_follows_a_moving_pump_and_moves_only_the_remainder(tmp_path: Path) -> None:
+    """Crash mid-dispense (the pump goes on), resume at once: the open intent is followed to its
+    end. Then pause mid-dispense (the pump stops where it is), crash, resume: the open intent is
+    reconciled with what the pump delivered and only the rest is dispensed."""
+    loaded = _protocol(THREE_DISPENSES)
+    clock = VirtualClock()
+    run_dir = tmp_path / "run"
+    notes: dict[str, Any] = {}
+
+    async def main() -> RunOutcome:
+        async with _rig(clock) as rig:
+            pump = rig.simulators["pump1"]
+            first = await _start(loaded, rig, run_dir, 1)
+            await clock.sleep(60)  # d1 (0-120 s) is 20 uL in
+            assert first.run.executor.at_step == "d1" and pump.truth()["motion"] == "infusing"
+            await first.crash()
+            notes["after_crash"] = pump.truth()["motion"]
+            assert clock.now() < 100  # restarted while d1 still moves
+            second = await _start(loaded, rig, run_dir, 2)
+            assert second.run.resumed
+            # the dying process's driver retried for a while (virtual seconds); d1 ends at
+            # 120 s, w1 at 180 s: by 226 s d2 is well under way
+            await clock.sleep(226 - clock.now())
+            assert second.run.executor.at_step == "d2"
+            assert (await second.run.commands.execute("pause")).accepted
+            notes["paused_at"] = pump.truth()["infused_ul"]
+            await clock.sleep(10)
+            await second.crash()
+            await clock.sleep(20)  # nobody runs for a while: the paused pump stays put
+            assert pump.truth()["infused_ul"] == pytest.approx(notes["paused_at"], abs=1e-9)
+            third = await _start(loaded, rig, run_dir, 3)
+            await clock.sleep(5)
+            assert third.run.machine.state is RunState.PAUSED  # resumed where it was
+            assert (await third.run.commands.execute("resume")).accepted
+            outcome = await third.finish()
+            notes["truth"] = pump.truth()
+            return outcome
+
+    outcome = clock.run(main())
+    assert outcome.state is RunState.COMPLETED, outcome.message
+    assert notes["after_crash"] == "infusing"  # the crash did not stop the pump
+    with Journal.open(run_dir) as journal:
+        codes = _codes(journal)
+        assert codes.count("action_followed") == 1
+        assert codes.count("action_reconciled") >= 1
+        assert codes.count("run_resumed") == 2
+        ok = _assert_no_step_twice(journal)
+        assert ok == {"d1": 1, "w1": 1, "d2": 1, "w2": 1, "d3": 1}
+        actions = journal.actions()
+        assert [a.step for a in actions] == ["d1", "d2", "d2", "d3"]
+        assert all(a.state == "ended" for a in actions)
+        d1, d2a, d2b, _ = actions
+        assert d1.result is not None and d1.delivered_ul == pytest.approx(
+            40.0, abs=d1.marker.step_ul
+        )
+        # the paused part, then only the rest
+        assert d2a.delivered_ul == pytest.approx(notes["paused_at"] - 40.0, abs=d2a.marker.step_ul)
+        assert d2b.marker.target_ul == pytest.approx(40.0 - (d2a.delivered_ul or 0.0), abs=1e-9)
+        per_step = _per_step(journal)
+        for key in ("d1", "d2", "d3"):
+            assert per_step[key] == pytest.approx(40.0, abs=0.0101), key
+        assert _triggers(journal) == [
+            "load", "start", "recover", "pause", "recover", "resume", "complete"
+        ]  # fmt: skip
+        slack = _readback_slack(journal) + 0.01
+    assert notes["truth"]["infused_ul"] == pytest.approx(120.0, abs=slack)
+
+
+@pytest.mark.req(ENG)
+def test_a_power_cycled_pump_loses_the_action_the_run_holds_then_skip_and_release(
+    tmp_path: Path,
+) -> None:
+    loaded = _protocol(THREE_DISPENSES)
+    clock = VirtualClock()
+    run_dir = tmp_path / "run"
+    notes: dict[str, Any] = {}
+
+    async def main() -> RunOutcome:
+        async with _rig(clock) as rig:
+            first = await _start(loaded, rig, run_dir, 1)
+            await clock.sleep(60)  # d1 is 20 uL in
+            await first.crash()
+            rig.power_on("pump1")  # the pump lost power with the computer: a fresh device
+            second = await _start(loaded, rig, run_dir, 2)
+            await second.run.machine.wait_until(RunState.HOLDING)
+            notes["held_on"] = second.run.executor.at_step
+            skip = await second.run.commands.execute("skip")
+            notes["skip"] = skip.message
+            assert skip.accepted and skip.state is RunState.HOLDING
+            release = await second.run.commands.execute("release")
+            assert release.accepted
+            outcome = await second.finish()
+            notes["truth"] = rig.simulators["pump1"].truth()
+            return outcome
+
+    outcome = clock.run(main())
+    assert outcome.state is RunState.COMPLETED, outcome.message
+    assert notes["held_on"] == "d1"
+    assert "release" in notes["skip"]
+    with Journal.open(run_dir) as journal:
+        codes = _codes(journal)
+        assert "action_lost" in codes and "holding" in codes and "step_skipped" in codes
+        d1 = [a for a in journal.actions() if a.step == "d1"]
+        assert [a.state for a in d1] == ["lost"]
+        ok = _assert_no_step_twice(journal)
+        assert "d1" not in ok and ok["d2"] == 1 and ok["d3"] == 1
+        per_step = _per_step(journal)
+        assert per_step["d2"] == pytest.approx(40.0) and per_step["d3"] == pytest.approx(40.0)
+        assert _triggers(journal)[-3:] == ["hold", "release", "complete"]
+    # the fresh pump moved d2 and d3 only: nothing of the lost d1 was sent again
+    assert notes["truth"]["infused_ul"] == pytest.approx(80.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.req(ENG)
+def test_kiboauto_run_refuses_an_invalid_protocol_with_file_line_and_column(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\n"
+        "roles:\n"
+        "  pump: {kind: SyringePump, device: pump1}\n"
+        "steps:\n"
+        "  - dispense: {pump: pump, volume: 5 parsecs, rate: 1 uL/min}\n"
+        "  - wait: 1 min\n"
+        "    bogus: 3\n",
+        encoding="utf-8",
+    )
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(
+        "name: missing\n"
+        "roles:\n"
+        "  pump: {kind: SyringePump, device: nosuch}\n"
+        "steps:\n"
+        "  - dispense: {pump: pump, volume: 5 uL, rate: 1 uL/min}\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(bad), "--hil", "--run-dir", str(run_dir), "--quiet"])
+    assert result.exit_code == 2, result.output
+    text = result.output.replace("\n", " ")
+    assert f"{bad}:5:36:" in text and "steps[0].dispense.volume" in text
+    assert f"{bad}:7:5:" in text and "unknown key 'bogus'" in text
+    result = runner.invoke(
+        app, ["run", str(missing), "--hil", "--run-dir", str(run_dir), "--quiet"]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"{missing}:3:37:" in result.output.replace("\n", " ")
+    assert "nosuch" in result.output
+    assert not (run_dir / JOURNAL_NAME).exists()  # nothing ran, nothing journaled

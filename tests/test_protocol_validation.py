@@ -363,9 +363,9 @@ def test_station_device_of_the_wrong_kind(station: StationFile) -> None:
 @pytest.mark.req("KA-PRO-002")
 def test_dispense_over_the_syringe_capacity(station: StationFile) -> None:
     assert only(edit("syringe: 100 uL", "syringe: 8 uL")) == (
-        "p.yaml:13:36: steps[2].dispense.volume: dispense volume parameter 'vol' (settable, max "
-        "10 uL) = 10 uL is more than role pump's syringe holds (8 uL); expected at most 8 uL per "
-        "step"
+        "p.yaml:13:36: steps[2].dispense.volume: dispense volume 10 uL (the max of settable "
+        "parameter 'vol') is more than role pump's syringe holds (8 uL); expected at most 8 uL "
+        "per step"
     )
     # without a 'syringe', the Cavro's comes from the station (driver default 250 uL)
     text = BASE.replace("device: pump1, syringe: 100 uL", "device: valve1").replace(
@@ -374,8 +374,8 @@ def test_dispense_over_the_syringe_capacity(station: StationFile) -> None:
     text = text.replace("reservoir: 50 uL", "reservoir: 1 mL")
     assert problems(text) == []
     assert only(text, station) == (
-        "p.yaml:13:36: steps[2].dispense.volume: dispense volume 300 uL = 300 uL is more than "
-        "station device valve1's syringe holds (250 uL); expected at most 250 uL per step"
+        "p.yaml:13:36: steps[2].dispense.volume: dispense volume 300 uL is more than station "
+        "device valve1's syringe holds (250 uL); expected at most 250 uL per step"
     )
 
 
@@ -401,8 +401,8 @@ def test_total_over_the_reservoir_counts_repeats() -> None:
 @pytest.mark.req("KA-PRO-002")
 def test_set_point_out_of_range() -> None:
     assert only(edit("temp: {default: 20 degC}", "temp: {default: 20 degC, max: 95 degC}")) == (
-        "p.yaml:11:46: steps[0].set_temperature.to: set point parameter 'temp' (settable, max "
-        "95 degC) = 95 degC is outside the controller's default range limits (-10..60 degC); "
+        "p.yaml:11:46: steps[0].set_temperature.to: set point 95 degC (the max of settable "
+        "parameter 'temp') is outside the controller's default range limits (-10..60 degC); "
         "expected -10 degC <= set point <= 60 degC"
     )
     ranged = edit(
@@ -411,8 +411,8 @@ def test_set_point_out_of_range() -> None:
     )
     text = edit("to: temp}", "to: 37 degC}", ranged)
     assert only(text) == (
-        "p.yaml:11:46: steps[0].set_temperature.to: set point 37 degC = 37 degC is outside the "
-        "range of role 'incubator' (2..30 degC); expected 2 degC <= set point <= 30 degC"
+        "p.yaml:11:46: steps[0].set_temperature.to: set point 37 degC is outside the range of "
+        "role 'incubator' (2..30 degC); expected 2 degC <= set point <= 30 degC"
     )
 
 
@@ -519,8 +519,8 @@ def test_condition_compares_values_of_the_kinds_a_run_gives() -> None:
 def test_feasibility_of_rates_periods_and_red_limits(station: StationFile) -> None:
     slow = BASE.replace("device: pump1, syringe: 100 uL", "device: valve1")
     assert only(slow, station) == (
-        "p.yaml:13:47: steps[2].dispense.rate: rate 5 uL/min = 5 uL/min is outside what station "
-        "device valve1 pumps with its 250 uL syringe; expected 12.5..15000 uL/min"
+        "p.yaml:13:47: steps[2].dispense.rate: rate 5 uL/min is outside what station device "
+        "valve1 pumps with its 250 uL syringe; expected 12.5..15000 uL/min"
     )
     assert only(edit("every: 1 h", "every: 0 s")) == (
         "p.yaml:15:14: steps[3].repeat.every: every 0 s is not above 0 s; expected a period > 0 s"
@@ -535,15 +535,16 @@ def test_feasibility_of_rates_periods_and_red_limits(station: StationFile) -> No
         "      temperature: {red: [18 degC, 19 degC]}\n"
     )
     assert only(red) == (
-        "p.yaml:23:26: monitor[0].limits.temperature.red: set point parameter 'temp' (default "
-        "20 degC) is outside the red band 18..19 degC of incubator.temperature: reaching it "
-        "would put the run on hold; expected a red band that holds every set point of the run"
+        "p.yaml:23:26: monitor[0].limits.temperature.red: set point 20 degC (parameter 'temp') "
+        "is outside the red band 18..19 degC of incubator.temperature: reaching it would put the "
+        "run on hold; expected a red band that holds every set point of the run"
     )
 
 
 # -- never anything but ProtocolError ----------------------------------------------------------
 
 _TEXTS = [p.read_text(encoding="utf-8") for p in EXAMPLES]
+_STATION = default_station()
 
 
 @st.composite
@@ -584,7 +585,6 @@ def _mutated(draw: st.DrawFn) -> str:
 )
 @given(text=_mutated())
 def test_mutated_examples_only_raise_protocol_error(text: str) -> None:
-    station = _STATION
     try:
         loaded = load_text(text, "m.yaml")
     except ProtocolError as e:
@@ -592,11 +592,8 @@ def test_mutated_examples_only_raise_protocol_error(text: str) -> None:
         for p in e.problems:
             assert p.message and p.file == "m.yaml"
         return
-    for p in validate(loaded, station):
+    for p in validate(loaded, _STATION) + validate(loaded):
         assert p.line >= 1 and p.column >= 1 and p.message
-
-
-_STATION = default_station()
 
 
 # -- schema and commands -----------------------------------------------------------------------
@@ -665,3 +662,18 @@ def test_loaded_protocol_is_what_the_engine_reads() -> None:
     assert loaded.protocol.device_for("precipitant_pump") == "valve1"
     line, column = loaded.position(("steps", 0, "set_temperature", "to"))
     assert loaded.text.splitlines()[line - 1][column - 1 :].startswith("growth_temperature")
+
+
+@pytest.mark.req("KA-PRO-002")
+def test_the_documented_example_is_valid(
+    tmp_path: Path, station: StationFile, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = (ROOT / "docs" / "protocol-language.md").read_text(encoding="utf-8")
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "lysozyme.yaml"
+    path.write_text(example, encoding="utf-8")
+    loaded = load_protocol(path)
+    assert validate(loaded, station) == []
+    assert validate_main(path, None, False) == 0
+    printed = capsys.readouterr().out.strip().replace(str(path), "lysozyme.yaml")
+    assert printed in doc

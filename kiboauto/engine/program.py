@@ -98,16 +98,29 @@ class Values:
     cells: dict[int, dict[str, Any]] = field(default_factory=dict)
     run_time_s: float = 0.0
     loop_count: int = 0
+    _cell_env: dict[str, object] | None = field(default=None, repr=False)
+
+    def set_cell(self, n: int, result: dict[str, Any]) -> None:
+        """Record cell ``n``'s latest inspection result."""
+        self.cells[n] = result
+        self._cell_env = None
+
+    def _cells_env(self) -> dict[str, object]:
+        if self._cell_env is None:
+            out: dict[str, object] = {}
+            for n, result in self.cells.items():
+                for key, value in result.items():
+                    if isinstance(value, bool | str):
+                        out[f"cell[{n}].{key}"] = value
+                    elif isinstance(value, int | float):
+                        out[f"cell[{n}].{key}"] = _with_unit(key, value)
+            self._cell_env = out
+        return self._cell_env
 
     def env(self) -> dict[str, object]:
         out: dict[str, object] = {f"params.{k}": v for k, v in self.params.items()}
         out.update(self.telemetry)
-        for n, result in self.cells.items():
-            for key, value in result.items():
-                if isinstance(value, bool | str):
-                    out[f"cell[{n}].{key}"] = value
-                elif isinstance(value, int | float):
-                    out[f"cell[{n}].{key}"] = _with_unit(key, value)
+        out.update(self._cells_env())
         out["run.time"] = Q_(self.run_time_s, "s")
         out["loop.count"] = self.loop_count
         return out

@@ -189,7 +189,8 @@ class Run:
         self._clock_origin = self.clock.now()
         params = checkpoints.get("params", {})
         self._apply_params({**self.options.params, **params}, journal=False)
-        self.values.cells = {int(k): v for k, v in checkpoints.get("cells", {}).items()}
+        for k, v in checkpoints.get("cells", {}).items():
+            self.values.set_cell(int(k), v)
         self._lost_acknowledged = set(checkpoints.get("lost_acknowledged", []))
         return state
 

@@ -332,7 +332,10 @@ class LeafSteps:
         image = np.asarray(frame)
         t = self.protocol_time()
         rel = Path("images") / f"cell{cell}" / f"t{t:011.0f}s_{_safe(key)}.png"
-        ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        stored = image
+        if image.ndim == 3 and image.shape[2] == 3 and _grey_in_colour(image):
+            stored = image[:, :, 0]  # a grey frame in three equal channels: kept exactly, 3x less
+        ok, encoded = cv2.imencode(".png", stored, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise StepError(f"{role}: the frame could not be encoded as PNG")
         data = encoded.tobytes()
@@ -352,7 +355,7 @@ class LeafSteps:
         self.journal.record_inspection(
             f"cell{cell}", digest, str(rel), result, t, model_version=VISION_VERSION
         )
-        self.values.cells[cell] = {k: v for k, v in result.items() if not isinstance(v, list)}
+        self.values.set_cell(cell, {k: v for k, v in result.items() if not isinstance(v, list)})
         self.journal.set_checkpoint("cells", {str(k): v for k, v in self.values.cells.items()})
 
     def _inspect(self, image: Any, role: str, mode: str) -> dict[str, Any]:
@@ -411,6 +414,11 @@ class LeafSteps:
             return False
         self._crew_done.set()
         return True
+
+
+def _grey_in_colour(image: Any) -> bool:
+    b, g, r = image[:, :, 0], image[:, :, 1], image[:, :, 2]
+    return bool(np.array_equal(b, g) and np.array_equal(b, r))
 
 
 def _safe(key: str) -> str:

@@ -324,7 +324,7 @@ class _Checker:
         out: list[tuple[str, float]] = []
         default = _mag(param.quantity(), unit)
         if default is not None:
-            out.append((f"parameter '{ref}' (default {param.default})", default))
+            out.append((f"{param.default} (parameter '{ref}')", default))
         if param.settable:
             for bound in which.split():
                 text = getattr(param, bound)
@@ -335,9 +335,7 @@ class _Checker:
                 except ValueError:
                     continue
                 if mag is not None:
-                    out.append(
-                        (f"parameter '{ref}' (settable, {bound} {text})", mag),
-                    )
+                    out.append((f"{text} (the {bound} of settable parameter '{ref}')", mag))
         return out
 
     def worst(self, value: QuantityText, unit: str, largest: bool = True) -> float | None:
@@ -738,7 +736,7 @@ class _Checker:
                 if ul > cap[0] * (1 + 1e-9):
                     self.add(
                         path,
-                        f"{kind} volume {desc} = {_fmt(ul)} uL is more than {cap[1]} holds "
+                        f"{kind} volume {desc} is more than {cap[1]} holds "
                         f"({_fmt(cap[0])} uL); expected at most {_fmt(cap[0])} uL per step",
                     )
 
@@ -756,7 +754,7 @@ class _Checker:
             if v > 0 and not lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
                 self.add(
                     path,
-                    f"rate {desc} = {_fmt(v)} uL/min is outside what station device "
+                    f"rate {desc} is outside what station device "
                     f"{self.p.device_for(role)} pumps with its {_fmt(ul)} uL syringe; expected "
                     f"{_fmt(lo)}..{_fmt(hi)} uL/min",
                 )
@@ -846,7 +844,7 @@ class _Checker:
                 if not lo <= c <= hi:
                     self.add(
                         path,
-                        f"set point {desc} = {_fmt(c)} degC is outside {source} "
+                        f"set point {desc} is outside {source} "
                         f"({_fmt(lo)}..{_fmt(hi)} degC); expected {_fmt(lo)} degC <= set point "
                         f"<= {_fmt(hi)} degC",
                     )
