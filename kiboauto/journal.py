@@ -762,6 +762,36 @@ class Journal:
             durable=False,
         )
 
+    def record_step(
+        self, step: str, attempt: int, t_protocol: float | None, t_wall: float | None, outcome: str
+    ) -> None:
+        """Journal a step attempt that started and ended at once (an instant step)."""
+        if self._group_limit:
+            if self._next_step_id is None:
+                self.record_step_end(
+                    self.record_step_start(step, attempt, t_protocol, t_wall),
+                    outcome,
+                    t_protocol,
+                    t_wall,
+                )
+                return
+            step_id = self._next_step_id
+            self._next_step_id += 1
+            self._pending_steps[step_id] = [
+                self.run_id,
+                step,
+                attempt,
+                t_protocol,
+                t_wall,
+                t_protocol,
+                t_wall,
+                outcome,
+            ]
+            self._buffered()
+            return
+        row = self.record_step_start(step, attempt, t_protocol, t_wall)
+        self.record_step_end(row, outcome, t_protocol, t_wall)
+
     def record_step_end(
         self, step_row: int, outcome: str, t_protocol: float | None, t_wall: float | None
     ) -> None:

@@ -60,6 +60,8 @@ class RunState(StrEnum):
         return self in TERMINAL_STATES
 
 
+_BY_VALUE: Final[dict[str, RunState]] = {s.value: s for s in RunState}
+
 TERMINAL_STATES: Final[frozenset[RunState]] = frozenset(
     {RunState.COMPLETED, RunState.ABORTED, RunState.FAILED}
 )
@@ -197,7 +199,7 @@ class RunMachine:
     @property
     def state(self) -> RunState:
         """The run's current state."""
-        return RunState(self._model.state)
+        return _BY_VALUE[self._model.state]
 
     @property
     def terminal(self) -> bool:

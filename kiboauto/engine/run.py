@@ -120,7 +120,7 @@ class Run:
         else:
             self.journal.start_run(protocol_text, station_text, t_wall=clock.wall())
             self.journal.set_checkpoint("limits", _limits_for_report(protocol))
-        self.journal.group_commits()
+        self.journal.group_commits(max_pending=4096)
         self.machine = RunMachine(initial=initial, on_transition=self._journal_transition)
         self.commands = CommandPath(self, self.journal, clock)
         self.steps = LeafSteps(
