@@ -379,7 +379,13 @@ class _Progress:
         left = max(0.0, self.planned_s - t)
         eta = left / warp if warp > 0 else float("inf")
         step = run.executor.at_step or "-"
-        crew = run.steps.waiting_crew or (self.crew[0] if self.crew else "none")
+        waiting = run.steps.waiting_crew
+        planned = [label for label, _ in run.program.crew_steps()]
+        crew = (
+            f"now: {waiting}"
+            if waiting
+            else (f"{planned[0]} (when reached)" if planned else "none")
+        )
         holding = run.machine.state is RunState.HOLDING
         if self._live is None:
             if now - self._last_line >= 5.0 and not self.quiet:

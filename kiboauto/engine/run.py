@@ -523,34 +523,35 @@ class Run:
             return Verdict(False, Reason.BAD_ARGUMENTS, f"{name}: {e}", state)
         if isinstance(default, bool) != isinstance(new, bool):
             return Verdict(False, Reason.BAD_ARGUMENTS, f"{name} is yes/no: true or false", state)
+        if isinstance(default, bool):
+            return None
+        unit = getattr(default, "units", None)
         try:
-            for bound, sign in ((spec.min, 1), (spec.max, -1)):
-                if bound is None:
-                    continue
-                limit = spec.quantity(bound)
-                if (new - limit) * sign < 0 * (new - limit):
-                    return Verdict(
-                        False,
-                        Reason.OUT_OF_RANGE,
-                        f"{name} = {value} is outside [{spec.min}, {spec.max}]",
-                        state,
-                    )
-            if hasattr(default, "to"):
-                if not hasattr(new, "to"):
-                    raise ValueError("no unit")
-                new.to(default.units)
-        except (ValueError, TypeError, AttributeError) as e:
-            unit = getattr(default, "units", "")
-            return Verdict(False, Reason.WRONG_UNIT, f"{name} needs a unit like {unit}: {e}", state)
-        except Exception as e:  # pint's dimensionality error
-            unit = getattr(default, "units", "")
+            value_in = _in_units_of(new, default)
+        except Exception as e:  # no unit, or pint's dimensionality error
+            want = f"a quantity in {unit:~}" if unit is not None else "a plain number"
             return Verdict(
-                False, Reason.WRONG_UNIT, f"{name} is in {unit}, not {value}: {e}", state
+                False, Reason.WRONG_UNIT, f"{name} needs {want}, not {value}: {e}", state
             )
+        for bound, below in ((spec.min, True), (spec.max, False)):
+            if bound is None:
+                continue
+            limit = _in_units_of(spec.quantity(bound), default)
+            if (value_in < limit) if below else (value_in > limit):
+                return Verdict(
+                    False,
+                    Reason.OUT_OF_RANGE,
+                    f"{name} = {value} is outside [{spec.min}, {spec.max}]",
+                    state,
+                )
         return None
 
     async def set_parameter(self, name: str, value: str) -> str:
-        self.values.params[name] = _param_value(value)
+        new = _param_value(value)
+        default = self.protocol.parameters[name].quantity()
+        if hasattr(default, "dimensionless") and default.dimensionless and isinstance(new, float):
+            new = Q_(new, "dimensionless").to(default.units)
+        self.values.params[name] = new
         self._save_params()
         return f"{name} = {value}"
 
@@ -661,6 +662,20 @@ def _sha(text: str) -> str:
 
 def _speed(clock: Clock) -> float:
     return float(getattr(clock, "factor", 1.0))
+
+
+def _in_units_of(value: Any, default: Any) -> float:
+    """``value``'s magnitude in ``default``'s unit (a plain number for a dimensionless default
+    is a fraction: 0.7 is 70 %)."""
+    if not hasattr(default, "to"):
+        if hasattr(value, "to"):
+            return float(value.to("dimensionless").magnitude)
+        return float(value)
+    if not hasattr(value, "to"):
+        if not default.dimensionless:
+            raise ValueError("it has no unit")
+        value = Q_(float(value), "dimensionless")
+    return float(value.to(default.units).magnitude)
 
 
 def _param_value(text: str) -> Any:
