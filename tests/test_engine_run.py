@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import itertools
 import json
 import tempfile
@@ -29,7 +28,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rich.console import Console
 from typer.testing import CliRunner
 
 from kiboauto.cli import app
@@ -52,7 +50,7 @@ from kiboauto.protocol.model import (
     StepBase,
     WithdrawStep,
 )
-from kiboauto.run_cmd import RunRequest, demo_station, run_request
+from kiboauto.run_cmd import demo_station
 from kiboauto.station import (
     DRIVERS,
     StationFile,
@@ -260,12 +258,30 @@ def _run(
 
 # ------------------------------------------------------------------------------ the examples
 
+DEMO_SEED = 7
+
+
+def _demo(run_dir: Path) -> Finished:
+    """What ``kiboauto demo`` runs: the protein-crystal example on the demo station (its camera
+    at 640x480) with the simulated crew, in virtual time."""
+    options = RunOptions(auto_crew=True)
+    return _run(load_protocol(PROTEIN), demo_station(DEMO_SEED), run_dir, options)
+
+
+@pytest.fixture(scope="module")
+def protein_demo(tmp_path_factory: pytest.TempPathFactory) -> Finished:
+    """One demo run (14 days of protocol time, ~230 inspections), shared by the tests that read
+    it."""
+    return _demo(tmp_path_factory.mktemp("first") / "run")
+
 
 @pytest.mark.req(ENG)
-def test_protein_crystal_example_completes_and_every_volume_is_the_plan(tmp_path: Path) -> None:
+def test_protein_crystal_example_completes_and_every_volume_is_the_plan(
+    protein_demo: Finished,
+) -> None:
     loaded = load_protocol(PROTEIN)
-    station = demo_station(7)
-    done = _run(loaded, station, tmp_path / "run", RunOptions(auto_crew=True))
+    station = demo_station(DEMO_SEED)
+    done = protein_demo
     assert done.outcome.state is RunState.COMPLETED, done.outcome.message
 
     plan = _plan(loaded.protocol)
@@ -294,20 +310,26 @@ def test_protein_crystal_example_completes_and_every_volume_is_the_plan(tmp_path
         )
         for key in leaves:
             assert ok[key] == 1, key
-        rounds = sorted({int(k.split("@")[1]) for k in ok if k.startswith("image_cells.do.")})
-        assert rounds == list(range(1, len(rounds) + 1)) and 1 <= len(rounds) <= 56
-        for n in rounds:
-            for cell in range(1, 5):
-                assert ok[f"image_cells.do.{cell}@{n}"] == 1
         steps = journal.rows("steps")
         assert all(r["outcome"] == "ok" for r in steps), [r for r in steps if r["outcome"] != "ok"]
-        # one repeat round every 6 h of protocol time
-        starts = [r["started_protocol"] for r in steps if r["step"].startswith("image_cells.do.1@")]
-        gaps = [b - a for a, b in itertools.pairwise(starts)]
-        assert all(g == pytest.approx(6 * 3600, abs=1.0) for g in gaps), gaps
-
+        # imaging until a crystal is long enough, then on at the new temperature until day 14:
+        # every round inspects each cell once, one round every 6 h of protocol time
+        rounds = 0
+        for repeat in ("image_cells", "keep_imaging"):
+            seen = sorted({int(k.split("@")[1]) for k in ok if k.startswith(f"{repeat}.do.")})
+            assert seen == list(range(1, len(seen) + 1)) and len(seen) <= 56, (repeat, seen)
+            for n in seen:
+                for cell in range(1, 5):
+                    assert ok[f"{repeat}.do.{cell}@{n}"] == 1, (repeat, n, cell)
+            starts = [
+                r["started_protocol"] for r in steps if r["step"].startswith(f"{repeat}.do.1@")
+            ]
+            gaps = [b - a for a, b in itertools.pairwise(starts)]
+            assert all(g == pytest.approx(6 * 3600, abs=1.0) for g in gaps), (repeat, gaps)
+            rounds += len(seen)
+        assert done.outcome.protocol_time_s >= 14 * 86400 - 6 * 3600
         inspections = journal.rows("inspections")
-        assert len(inspections) == 4 * len(rounds)
+        assert len(inspections) == 4 * rounds
         for row in inspections:
             data = (done.run_dir / row["image_path"]).read_bytes()
             assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -315,6 +337,8 @@ def test_protein_crystal_example_completes_and_every_volume_is_the_plan(tmp_path
             assert row["model_version"] == VISION_VERSION
             result = json.loads(row["result"])
             assert result["class"] in {"crystals", "precipitate", "clear", "other"}, result
+            # measured at the demo camera's own scale, not the protocol's 2 um/px
+            assert result["um_per_px"] == station.devices["camera1"].sim.options["um_per_px"] == 4.0
         assert len(journal.rows("telemetry")) > 0
         assert "run_ended" in _codes(journal)
 
@@ -384,19 +408,13 @@ def _table(path: Path, table: str) -> list[dict[str, Any]]:
     ]
 
 
-def _demo_run(run_dir: Path, seed: int) -> None:
-    """What ``kiboauto demo`` runs: the protein-crystal example on the demo station."""
-    request = RunRequest(protocol=PROTEIN, run_dir=run_dir, quiet=True, auto_crew=True)
-    outcome, run = run_request(request, Console(file=io.StringIO()), station=demo_station(seed))
-    assert outcome.state is RunState.COMPLETED, outcome.message
-    assert run is not None
-
-
 @pytest.mark.req(ENG)
-def test_two_demo_runs_with_the_same_seed_journal_the_same(tmp_path: Path) -> None:
-    first, second = tmp_path / "a" / "run", tmp_path / "b" / "run"  # same name: it is journaled
-    _demo_run(first, 11)
-    _demo_run(second, 11)
+def test_two_demo_runs_with_the_same_seed_journal_the_same(
+    protein_demo: Finished, tmp_path: Path
+) -> None:
+    first = protein_demo.run_dir
+    second = _demo(tmp_path / first.name).run_dir  # the same name: the journal holds it
+    assert first != second
     for table in COMPARED_TABLES:
         a = _table(first / JOURNAL_NAME, table)
         b = _table(second / JOURNAL_NAME, table)
@@ -404,6 +422,8 @@ def test_two_demo_runs_with_the_same_seed_journal_the_same(tmp_path: Path) -> No
         for ra, rb in zip(a, b, strict=True):
             assert ra == rb, f"{table} differs:\n{ra}\n{rb}"
         assert a or table in ("commands",), f"{table} is empty"
+    images = sorted(p.relative_to(first) for p in (first / "images").rglob("*.png"))
+    assert images == sorted(p.relative_to(second) for p in (second / "images").rglob("*.png"))
 
 
 # ------------------------------------------------------------------------------ commands

@@ -364,9 +364,11 @@ class LeafSteps:
         if mode == "confluence":
             fraction = vision.confluence(image)
             return {"confluence": round(fraction, 4)}
-        scale = self.protocol.roles[role].um_per_px or float(
-            getattr(self.devices[role], "um_per_px", 1.0)
-        )
+        # the camera's own scale when it reports one (the demo station images at 640x480, 4 um
+        # per pixel, under a protocol written for 2 um/px: lengths came out halved), else the
+        # protocol's
+        own = getattr(self.devices[role], "um_per_px", None)
+        scale = float(own or self.protocol.roles[role].um_per_px or 1.0)
         found = vision.inspect(image, um_per_px=scale)
         data = found.to_dict()
         data["class"] = found.drop_class
