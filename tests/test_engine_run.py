@@ -62,7 +62,6 @@ from kiboauto.station import (
 ROOT = Path(__file__).resolve().parents[1]
 PROTEIN = ROOT / "examples" / "protein-crystal.yaml"
 CELLS = ROOT / "examples" / "cell-culture.yaml"
-ENG = "KA-ENG-001"
 
 # The truth() key that counts what each kind of simulated pump moved, by (driver, action kind).
 TRUTH_KEYS = {
@@ -275,7 +274,7 @@ def protein_demo(tmp_path_factory: pytest.TempPathFactory) -> Finished:
     return _demo(tmp_path_factory.mktemp("first") / "run")
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 def test_protein_crystal_example_completes_and_every_volume_is_the_plan(
     protein_demo: Finished,
 ) -> None:
@@ -343,7 +342,7 @@ def test_protein_crystal_example_completes_and_every_volume_is_the_plan(
         assert "run_ended" in _codes(journal)
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 def test_cell_culture_example_completes_with_the_simulated_crew(tmp_path: Path) -> None:
     loaded = load_protocol(CELLS)
     station = demo_station(3)
@@ -408,7 +407,7 @@ def _table(path: Path, table: str) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 def test_two_demo_runs_with_the_same_seed_journal_the_same(
     protein_demo: Finished, tmp_path: Path
 ) -> None:
@@ -437,7 +436,7 @@ def _motion(seen: Mapping[str, Any]) -> str:
     return str(seen["simulators"]["pump1"].truth()["motion"])
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 def test_commands_at_chosen_protocol_times_never_fire_a_step_twice(tmp_path: Path) -> None:
     """pause/resume mid-dispense, set, hold/release mid-dispense, skip a wait, skip a dispense."""
     loaded = _protocol(FOUR_DISPENSES)
@@ -528,7 +527,7 @@ def test_commands_at_chosen_protocol_times_never_fire_a_step_twice(tmp_path: Pat
         assert codes.count("step_skipped") == 2 and "holding" in codes
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 def test_abort_mid_dispense_stops_the_pump_and_journals_what_it_delivered(tmp_path: Path) -> None:
     loaded = _protocol(THREE_DISPENSES)
 
@@ -565,7 +564,7 @@ def test_abort_mid_dispense_stops_the_pump_and_journals_what_it_delivered(tmp_pa
 LIFECYCLE = ("pause", "resume", "hold", "release")
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 @settings(
     max_examples=15,
     deadline=None,
@@ -743,7 +742,7 @@ async def _rig(clock: VirtualClock) -> AsyncIterator[Rig]:
             await sim.aclose()
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 def test_resume_follows_a_moving_pump_and_moves_only_the_remainder(tmp_path: Path) -> None:
     """Crash mid-dispense (the pump goes on), resume at once: the open intent is followed to its
     end. Then pause mid-dispense (the pump stops where it is), crash, resume: the open intent is
@@ -812,7 +811,7 @@ def test_resume_follows_a_moving_pump_and_moves_only_the_remainder(tmp_path: Pat
     assert notes["truth"]["infused_ul"] == pytest.approx(120.0, abs=slack)
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 def test_a_power_cycled_pump_loses_the_action_the_run_holds_then_skip_and_release(
     tmp_path: Path,
 ) -> None:
@@ -860,7 +859,7 @@ def test_a_power_cycled_pump_loses_the_action_the_run_holds_then_skip_and_releas
 # ------------------------------------------------------------------------------ validation
 
 
-@pytest.mark.req(ENG)
+@pytest.mark.req("KA-ENG-001")
 def test_kiboauto_run_refuses_an_invalid_protocol_with_file_line_and_column(
     tmp_path: Path,
 ) -> None:
