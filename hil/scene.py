@@ -16,6 +16,7 @@ Coordinates: x to the right, y down, pixel centres at integers (OpenCV's drawing
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, cast
 
@@ -367,6 +368,17 @@ def _optics(spec: SceneSpec, min_length_px: float) -> tuple[F32, SceneTruth]:
     and the truth, both in the pixels of ``spec``."""
     w, h = spec.width, spec.height
     short = min(w, h)
+    key = _static_key(spec)
+    cached = _STATIC.get(key) if key is not None else None
+    if cached is not None:
+        # the same cell again (a growth camera): only the crystals differ from last time
+        _STATIC.move_to_end(key)
+        content, geo, light, trans0, distractors, particles, clouds = cached
+        trans = trans0.copy()
+        planned = _plan_crystals(spec, geo, content.n_crystals)
+        return _finish(
+            spec, geo, content, light, trans, planned, distractors, particles, clouds, min_length_px
+        )
     content = _content(spec)
     geo = plan_geometry(spec)
     light = illumination_field(spec, geo)
@@ -393,6 +405,41 @@ def _optics(spec: SceneSpec, min_length_px: float) -> tuple[F32, SceneTruth]:
     distractors["bubbles"] = draw_bubbles(
         stream(spec.seed, 8), geo, content.bubbles, avoid, trans, short
     )
+    if key is not None:
+        _STATIC[key] = (content, geo, light, trans.copy(), dict(distractors), particles, clouds)
+        while len(_STATIC) > _STATIC_SIZE:
+            _STATIC.popitem(last=False)
+    return _finish(
+        spec, geo, content, light, trans, planned, distractors, particles, clouds, min_length_px
+    )
+
+
+def _static_key(spec: SceneSpec) -> SceneSpec | None:
+    """What fixes everything but the crystals' sizes and the sensor noise: crystals keep their
+    places whatever their size when ``crystal_max_um`` reserves their room (growth cells)."""
+    if spec.crystal_max_um is None:
+        return None
+    return replace(spec, crystal_sizes_um=None, noise_seed=None)
+
+
+_STATIC_SIZE = 8
+_STATIC: OrderedDict[SceneSpec, tuple[Any, ...]] = OrderedDict()
+"""The static layers of the last few scenes (a growth camera renders the same cells again)."""
+
+
+def _finish(
+    spec: SceneSpec,
+    geo: Any,
+    content: Any,
+    light: F32,
+    trans: F32,
+    planned: Any,
+    distractors: dict[str, int],
+    particles: int,
+    clouds: int,
+    min_length_px: float,
+) -> tuple[F32, SceneTruth]:
+    w, h = spec.width, spec.height
     colour = np.ones((h, w, 3), np.float32) if spec.colour else None
     truths = _draw_crystals(spec, planned, trans, colour, min_length_px)
 
