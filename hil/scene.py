@@ -370,14 +370,21 @@ def _optics(spec: SceneSpec, min_length_px: float) -> tuple[F32, SceneTruth]:
     short = min(w, h)
     key = _static_key(spec)
     cached = _STATIC.get(key) if key is not None else None
-    if cached is not None:
+    if key is not None and cached is not None:
         # the same cell again (a growth camera): only the crystals differ from last time
         _STATIC.move_to_end(key)
-        content, geo, light, trans0, distractors, particles, clouds = cached
-        trans = trans0.copy()
-        planned = _plan_crystals(spec, geo, content.n_crystals)
+        c_content, c_geo, c_light, c_trans, c_distractors, c_particles, c_clouds = cached
         return _finish(
-            spec, geo, content, light, trans, planned, distractors, particles, clouds, min_length_px
+            spec,
+            c_geo,
+            c_content,
+            c_light,
+            c_trans.copy(),
+            _plan_crystals(spec, c_geo, c_content.n_crystals),
+            dict(c_distractors),
+            c_particles,
+            c_clouds,
+            min_length_px,
         )
     content = _content(spec)
     geo = plan_geometry(spec)

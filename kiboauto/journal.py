@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -300,6 +300,7 @@ class Journal:
         # grouped step rows and checkpoints wait here (in memory) until the group is written:
         # a step's start and end become one INSERT, a checkpoint set many times one upsert
         self._pending_steps: dict[int, list[Any]] = {}
+        self._pending_done: list[tuple[Any, ...]] = []  # instant steps: complete rows
         self._pending_checkpoints: dict[str, tuple[str, float | None]] = {}
         self._next_step_id: int | None = None
         self._drain_hooks: list[Callable[[], None]] = []
@@ -421,9 +422,10 @@ class Journal:
                 hook()
         finally:
             self._draining = False
-        if not (self._pending_steps or self._pending_checkpoints):
+        if not (self._pending_steps or self._pending_checkpoints or self._pending_done):
             return
         steps, self._pending_steps = self._pending_steps, {}
+        done, self._pending_done = self._pending_done, []
         checkpoints, self._pending_checkpoints = self._pending_checkpoints, {}
         c = self._conn
         try:
@@ -435,6 +437,11 @@ class Journal:
                 "INSERT INTO steps(id, run_id, step, attempt, started_protocol, started_wall,"
                 " ended_protocol, ended_wall, outcome) VALUES (?,?,?,?,?,?,?,?,?)",
                 [(i, *row) for i, row in steps.items()],
+            )
+            c.executemany(
+                "INSERT INTO steps(id, run_id, step, attempt, started_protocol, started_wall,"
+                " ended_protocol, ended_wall, outcome) VALUES (?,?,?,?,?,?,?,?,?)",
+                done,
             )
             c.executemany(
                 "INSERT INTO checkpoints(run_id, key, value, t_wall) VALUES (?,?,?,?)"
@@ -791,6 +798,25 @@ class Journal:
             return
         row = self.record_step_start(step, attempt, t_protocol, t_wall)
         self.record_step_end(row, outcome, t_protocol, t_wall)
+
+    def record_steps(
+        self, rows: Sequence[tuple[str, int, float | None, float | None, str]]
+    ) -> None:
+        """Journal many instant step attempts (step, attempt, t_protocol, t_wall, outcome) that
+        started and ended at once."""
+        if not self._group_limit or self._next_step_id is None:
+            for step, attempt, tp, tw, outcome in rows:
+                self.record_step(step, attempt, tp, tw, outcome)
+            return
+        first = self._next_step_id
+        self._next_step_id += len(rows)
+        run_id = self.run_id
+        self._pending_done.extend(
+            (first + i, run_id, step, attempt, tp, tw, tp, tw, outcome)
+            for i, (step, attempt, tp, tw, outcome) in enumerate(rows)
+        )
+        self._group_count += len(rows) - 1
+        self._buffered()
 
     def record_step_end(
         self, step_row: int, outcome: str, t_protocol: float | None, t_wall: float | None

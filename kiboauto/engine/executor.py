@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +178,34 @@ class Executor:
         """The label plus the iteration of every enclosing repeat."""
         return label + self._loop_suffix()
 
+    def _instant_burst(
+        self,
+        steps: Sequence[StepBase],
+        labels: Sequence[str],
+        fast: Sequence[bool],
+        frame: Frame,
+        suffix: str,
+    ) -> None:
+        """Run up to :data:`_BURST` consecutive instant steps of a block."""
+        i, end = frame.index, min(len(steps), frame.index + _BURST)
+        t, wall = self.protocol_time(), self.clock.wall()
+        rows: list[tuple[str, int, float | None, float | None, str]] = []
+        try:
+            while i < end and fast[i]:
+                step = steps[i]
+                key = labels[i] + suffix
+                if step.kind == "event":
+                    args = getattr(step, "event")  # noqa: B009 - EventStep's field
+                    self._event("protocol_event", args.severity, args.message)
+                rows.append((key, 1, t, wall, "ok"))
+                i += 1
+        finally:
+            frame.index = i
+            if rows:
+                self.at_step = rows[-1][0]
+                self.steps_run += len(rows)
+                self.journal.record_steps(rows)
+
     def _instant_step(self, step: StepBase, key: str) -> None:
         self.at_step = key
         t, wall = self.protocol_time(), self.clock.wall()
@@ -251,25 +279,22 @@ class Executor:
             fast = self._instant_flags[block.label] = tuple(
                 self.instant(s) and s.timeout is None for s in block.steps
             )
-        burst = 0
+        steps, labels, n = block.steps, block.labels, len(block.steps)
         try:
-            while frame.index < len(block.steps):
-                step, label = block.steps[frame.index], block.labels[frame.index]
+            while frame.index < n:
                 if (
                     fast[frame.index]
                     and not self._pending_skip
                     and self.machine.state is RunState.RUNNING
                 ):
-                    # fast path: a step that waits on nothing runs here, without a coroutine
-                    # of its own; yield to the loop now and then so commands get in
-                    self._instant_step(step, label + suffix)
-                    frame.index += 1
-                    self._checkpoint()
-                    burst += 1
-                    if burst >= _BURST:
-                        burst = 0
-                        await self.clock.sleep(0)
+                    # fast path: steps that wait on nothing run here back to back, without a
+                    # coroutine of their own; nothing else runs until the burst yields, so the
+                    # state checked above holds for the whole burst
+                    self._instant_burst(steps, labels, fast, frame, suffix)
+                    self._cursor_dirty = True
+                    await self.clock.sleep(0)  # let commands in
                     continue
+                step, label = steps[frame.index], labels[frame.index]
                 try:
                     await self._step(step, label)
                 except _Goto as g:
