@@ -138,6 +138,11 @@ def run_request(
         auto_release=request.dry_run,
         control_socket=True,
         stop_holding_after_s=2 * 86400.0 if isinstance(clock, VirtualClock) else None,
+        sample_every={
+            name: spec.sample_every
+            for name, spec in station.devices.items()
+            if spec.sample_every is not None
+        },
     )
     display = _Progress(console, estimate_program(loaded.protocol), quiet=request.quiet)
     options.on_step = display.update

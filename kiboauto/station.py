@@ -91,6 +91,28 @@ class StationDevice(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     sim: SimSettings = Field(default_factory=SimSettings)
     power_w: PowerDraw | None = None
+    sample_every: str | None = Field(
+        default=None,
+        description="sample this device's readings this often during runs (e.g. '1 min'), "
+        "besides what the protocol's monitor asks",
+    )
+
+    @field_validator("sample_every")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from kiboauto.units import UnitError, as_quantity
+
+        try:
+            seconds = float(as_quantity(value).to("s").magnitude)
+        except (UnitError, ValueError, AttributeError) as e:
+            raise ValueError(f"sample_every {value!r}: expected a duration such as '1 min'") from e
+        except Exception as e:  # pint: not a time
+            raise ValueError(f"sample_every {value!r} is not a duration: {e}") from e
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"sample_every {value!r} must be longer than 0 s")
+        return value
 
     @field_validator("driver")
     @classmethod

@@ -897,3 +897,38 @@ def test_kiboauto_run_refuses_an_invalid_protocol_with_file_line_and_column(
     assert f"{missing}:3:37:" in result.output.replace("\n", " ")
     assert "nosuch" in result.output
     assert not (run_dir / JOURNAL_NAME).exists()  # nothing ran, nothing journaled
+
+
+@pytest.mark.req("KA-ENG-006")
+def test_a_station_sample_rate_samples_a_device_the_protocol_does_not_monitor(
+    tmp_path: Path,
+) -> None:
+    """``sample_every`` in the station file: the pump is sampled every 30 s of protocol time
+    (telemetry under its role name) although the protocol has no monitor entry for it."""
+    loaded = _protocol(THREE_DISPENSES)
+    assert not loaded.protocol.monitor
+    done = _run(
+        loaded, _pump_station(), tmp_path / "run", RunOptions(sample_every={"pump1": "30 s"})
+    )
+    assert done.outcome.state is RunState.COMPLETED
+    with done.journal() as journal:
+        rows = [r for r in journal.rows("telemetry") if r["device"] == "pump"]
+    times = sorted({r["t"] for r in rows})
+    assert len(times) >= int(done.outcome.protocol_time_s // 30)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps and all(g == pytest.approx(30.0, abs=0.5) for g in gaps), gaps
+    assert {r["name"] for r in rows} >= {"status", "moving", "rate", "infused"}
+    moving = [r["value"] for r in rows if r["name"] == "moving"]
+    assert 1 in moving and 0 in moving  # sampled during the dispenses and between them
+
+
+@pytest.mark.req("KA-ENG-006")
+def test_a_station_sample_rate_must_be_a_duration() -> None:
+    from pydantic import ValidationError
+
+    from kiboauto.station import StationDevice
+
+    assert StationDevice(driver="newera", port="sim", sample_every="1 min").sample_every == "1 min"
+    for bad in ("10 uL", "0 s", "soon", "-1 min"):
+        with pytest.raises(ValidationError, match="sample_every"):
+            StationDevice(driver="newera", port="sim", sample_every=bad)

@@ -36,7 +36,7 @@ from kiboauto.engine.monitor import LimitLevel, Monitor
 from kiboauto.engine.program import Program, Values
 from kiboauto.engine.steps import LeafSteps
 from kiboauto.journal import Journal, TelemetryRow
-from kiboauto.protocol.model import Limits, Protocol, WatchdogSpec
+from kiboauto.protocol.model import Limits, MonitorSpec, Protocol, WatchdogSpec
 from kiboauto.units import Q_, as_quantity
 
 __all__ = ["Run", "RunOptions", "RunOutcome"]
@@ -53,6 +53,9 @@ class RunOptions:
     auto_release: bool = False
     control_socket: bool = True
     on_step: Callable[[Run], None] | None = None
+    sample_every: dict[str, str] = field(default_factory=dict)
+    """Station device -> period: devices the station asks to sample besides the protocol's
+    monitor (telemetry only, no limits)."""
     stop_holding_after_s: float | None = None
     """Stop the process (the run stays holding, resumable) after this long holding: for virtual
     time, where nobody would answer before the end of time."""
@@ -158,9 +161,17 @@ class Run:
             checkpoints = self.journal.checkpoints()
             self.executor.load_cursor(checkpoints.get("cursor"), checkpoints.get("timers", {}))
             self.steps.timers = self.executor.timers
+        specs = list(protocol.monitor)
+        sampled = {self.protocol.device_for(s.device) for s in specs}
+        for role in protocol.roles:
+            device = protocol.device_for(role)
+            every = self.options.sample_every.get(device)
+            if every is not None and device not in sampled:
+                specs.append(MonitorSpec(device=role, every=every))
+                sampled.add(device)
         self.monitor = Monitor(
-            {r: d for r, d in self.roles.items() if r in {s.device for s in protocol.monitor}},
-            protocol.monitor,
+            {r: d for r, d in self.roles.items() if r in {s.device for s in specs}},
+            specs,
             protocol.watchdogs,
             clock,
             protocol_time=self.protocol_time,
