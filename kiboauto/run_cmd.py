@@ -190,6 +190,8 @@ def run_request(
             with display.live():
                 try:
                     return await run.execute()
+                except ValueError as e:  # the run directory is in use by a live run
+                    raise UserError(str(e), code=1) from None
                 finally:
                     display.update(run)
 
@@ -206,7 +208,21 @@ def run_main(request: RunRequest, console: Console) -> int:
     """``kiboauto run`` / ``resume``: run, then print the summary (and the dry-run figures).
     Exit 0 completed, 1 aborted or failed, 3 stopped while holding."""
     wall0 = time.monotonic()
-    outcome, run = run_request(request, console)
+    try:
+        outcome, run = run_request(request, console)
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: the step in progress was stopped (a pump journaled what it delivered); "
+            f"'kiboauto resume {request.run_dir}' goes on from there"
+        )
+        return 130
+    except JournalError as e:
+        raise UserError(
+            f"the run stopped because its journal failed: {e}. Hardware was put in its safe "
+            f"state; fix the cause (disk full? permissions?) and 'kiboauto resume "
+            f"{request.run_dir}'",
+            code=1,
+        ) from None
     wall = time.monotonic() - wall0
     if run is None:
         console.print(outcome.message)

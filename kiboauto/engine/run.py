@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiboauto.clock import Clock
+from kiboauto.clock import Clock, VirtualClock
 from kiboauto.devices import (
     DeviceError,
     DeviceEvent,
@@ -35,7 +35,7 @@ from kiboauto.engine.machine import Reason, RunMachine, RunState, Verdict
 from kiboauto.engine.monitor import LimitLevel, Monitor
 from kiboauto.engine.program import Program, Values
 from kiboauto.engine.steps import LeafSteps
-from kiboauto.journal import Journal, TelemetryRow
+from kiboauto.journal import Journal, JournalError, TelemetryRow
 from kiboauto.protocol.model import Limits, MonitorSpec, Protocol, WatchdogSpec
 from kiboauto.units import Q_, as_quantity
 
@@ -193,10 +193,11 @@ class Run:
         state = RunState(transitions[-1]["to_state"]) if transitions else RunState.IDLE
         checkpoints = self.journal.checkpoints()
         self._t_offset = float(checkpoints.get("t_protocol", 0.0))
-        last_wall = checkpoints.get("t_wall")
-        if last_wall is not None and self.clock.wall() > float(last_wall):
-            # on real or scaled time the protocol went on while nobody was running it
-            self._t_offset += max(0.0, self.clock.wall() - float(last_wall)) * _speed(self.clock)
+        last_real = checkpoints.get("t_real")
+        if last_real is not None and not isinstance(self.clock, VirtualClock):
+            # on real or scaled time the protocol went on while no process was running it (the
+            # crystals kept growing): the real seconds since the last checkpoint count, scaled
+            self._t_offset += max(0.0, _real_time() - float(last_real)) * _speed(self.clock)
         self._clock_origin = self.clock.now()
         params = checkpoints.get("params", {})
         self._apply_params({**self.options.params, **params}, journal=False)
@@ -244,6 +245,8 @@ class Run:
         self._ticked = now
         self.journal.set_checkpoint("t_protocol", now)
         self.journal.set_checkpoint("t_wall", self.clock.wall())
+        virtual = isinstance(self.clock, VirtualClock)
+        self.journal.set_checkpoint("t_real", None if virtual else _real_time())
 
     # ------------------------------------------------------------------ the run
 
@@ -315,6 +318,13 @@ class Run:
             await self._safe_state(message)
             if not self.machine.state.terminal:
                 await self.machine.fire("fail", str(e))
+        except JournalError as e:
+            # nothing more can be recorded, so nothing more may be done: stop, hardware safe,
+            # the journal as it was last committed (a resume goes on from there)
+            log.critical("journal failed, the run stops: %s", e)
+            with contextlib.suppress(Exception):
+                await self._safe_state(f"journal failed: {e}")
+            raise
         finally:
             self._closing = True
             for task in self._tasks:
@@ -326,7 +336,7 @@ class Run:
                 self._tick(force=True)
                 self.journal.flush()
         self.event("run_ended", "info", message)
-        self.journal.flush()
+        self.journal.flush()  # (a JournalError here propagates: the caller says so)
         return self._outcome(message)
 
     def _outcome(self, message: str) -> RunOutcome:
@@ -343,9 +353,31 @@ class Run:
             self.options.on_step(self)
         await self.steps(step, label, key)
 
+    async def _restore_setpoints(self) -> None:
+        """Re-send the last set point of each thermal controller when it differs (a controller
+        power-cycled with the computer forgets it): a repeatable action, re-issued."""
+        for role, degc in self.journal.get_checkpoint("setpoints", {}).items():
+            device = self.roles.get(role)
+            if not isinstance(device, ThermalController):
+                continue
+            try:
+                now = float((await device.read_setpoint()).to("degC").magnitude)
+                if abs(now - float(degc)) > 0.05:
+                    await device.set_setpoint(Q_(float(degc), "degC"))
+                    await device.run(True)
+                    self.event(
+                        "setpoint_restored",
+                        "warning",
+                        f"{role} was at {now:g} degC after the restart: set {degc:g} degC again",
+                    )
+            except DeviceError as e:
+                self.event("setpoint_unknown", "alarm", f"{role}: cannot restore {degc} degC: {e}")
+
     async def _reconcile(self) -> None:
         """Settle every action whose intent is journaled but whose end is not, by asking the
         device what it did (following it if it is still moving). Never sends it again."""
+        if self.machine.state is not RunState.HOLDING:
+            await self._restore_setpoints()
         by_name = {getattr(d, "name", n): d for n, d in self.station_devices.items()}
         for intent in self.journal.open_intents():
             marker = intent.marker
@@ -669,6 +701,14 @@ def _sha(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _real_time() -> float:
+    """The host's real time, only to measure how long no process ran a run on real or scaled
+    time (never for protocol timing: that is the Clock's)."""
+    import time
+
+    return time.time()
 
 
 def _speed(clock: Clock) -> float:

@@ -279,6 +279,9 @@ class LeafSteps:
         if not isinstance(thermal, ThermalController):
             raise StepError(f"{args.device} is not a thermal controller")
         target = Q_(self._q(args.to, "degC"), "degC")
+        setpoints = dict(self.journal.get_checkpoint("setpoints", {}))
+        setpoints[args.device] = float(target.magnitude)
+        self.journal.set_checkpoint("setpoints", setpoints)  # re-sent by a resume (repeatable)
         if not args.wait_stable:
             await thermal.set_setpoint(target)
             await thermal.run(True)
