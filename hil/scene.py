@@ -66,6 +66,7 @@ __all__ = [
 DropClass = Literal["crystals", "precipitate", "clear", "other"]
 DROP_CLASSES: tuple[DropClass, ...] = ("crystals", "precipitate", "clear", "other")
 #: what an "other" drop shows instead of crystals or precipitate
+WELL_SHAPES = ("round", "square", "none")
 OTHER_KINDS = ("skin", "fibres", "dried", "phase")
 #: a drop with at least this many fibres counts as "other" (fewer: still "clear")
 FIBRE_TANGLE = 5
@@ -145,6 +146,10 @@ class SceneSpec:
     bit_depth: int = 8
     noise_seed: int | None = None  # per-frame noise (a camera changes it each capture)
     oversample: int = 1  # draw the optics this many times finer, then average (see render())
+    # real-imager geometry (the defaults draw the round, whole well the models learnt from):
+    well_shape: str = "round"  # "round", "square" (a sub-well, half side = the radius) or "none"
+    well_zoom: float = 1.0  # > 1: well and drop this much larger, the well clipped by the frame
+    drop_edge_soft: float = 0.0  # > 0: a broad shaded drop edge this fraction of its radius wide
 
     def __post_init__(self) -> None:
         if not (64 <= self.width <= 8192 and 64 <= self.height <= 8192):
@@ -171,6 +176,12 @@ class SceneSpec:
             raise ValueError("size_range_um must be (min, max) with 0 < min <= max")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be 1..100")
+        if self.well_shape not in WELL_SHAPES:
+            raise ValueError(f"well_shape must be one of {WELL_SHAPES}")
+        if not 0.5 <= self.well_zoom <= 4.0:
+            raise ValueError("well_zoom must be 0.5..4")
+        if not 0.0 <= self.drop_edge_soft <= 0.6:
+            raise ValueError("drop_edge_soft must be 0..0.6")
 
 
 # -- resolving the spec ---------------------------------------------------------------------------

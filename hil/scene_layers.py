@@ -68,7 +68,7 @@ def plan_geometry(spec: SceneSpec) -> Geometry:
     w, h = spec.width, spec.height
     short = min(w, h)
     well_c = (w / 2 + g.uniform(-0.03, 0.03) * short, h / 2 + g.uniform(-0.03, 0.03) * short)
-    well_r = short * g.uniform(0.44, 0.48)
+    well_r = short * g.uniform(0.44, 0.48) * spec.well_zoom
     r0 = well_r * g.uniform(0.58, 0.72)
     off, off_a = g.uniform(0, 0.1) * well_r, g.uniform(0, 2 * math.pi)
     drop_c = (well_c[0] + off * math.cos(off_a), well_c[1] + off * math.sin(off_a))
@@ -107,13 +107,23 @@ def draw_well_and_drop(spec: SceneSpec, geo: Geometry, r: np.random.Generator) -
     w, h = spec.width, spec.height
     short = min(w, h)
     yy, xx = np.ogrid[0:h, 0:w]
-    rr = np.hypot((xx - geo.well_c[0]).astype(np.float32), (yy - geo.well_c[1]).astype(np.float32))
+    dx, dy = (xx - geo.well_c[0]).astype(np.float32), (yy - geo.well_c[1]).astype(np.float32)
+    if spec.well_shape == "square":  # a square sub-well with rounded corners (half side well_r)
+        corner = 0.12 * geo.well_r
+        qx = np.maximum(np.abs(dx) - (geo.well_r - corner), 0)
+        qy = np.maximum(np.abs(dy) - (geo.well_r - corner), 0)
+        inner = np.minimum(np.maximum(np.abs(dx), np.abs(dy)) - (geo.well_r - corner), 0)
+        rr = (np.hypot(qx, qy) + inner + (geo.well_r - corner)).astype(np.float32)
+    else:
+        rr = np.hypot(dx, dy)
     wr, ww = geo.well_r, max(2.0, 0.028 * short)
     knots_x = [0, wr - 2.6 * ww, wr - 2.0 * ww, wr - 1.6 * ww, wr - 0.8 * ww, wr, wr + 0.7 * ww]
     knots_x += [wr + 1.4 * ww, 1e9]
     knots_y = [1.0, 1.0, 1.12, 0.92, 0.45, 0.16, 0.30, 0.52, 0.55]
+    if spec.well_shape == "none":  # no well in view (a zoomed drop, a microfluidic chamber)
+        knots_y = [1.0] * len(knots_x)
     trans = np.interp(rr, knots_x, knots_y).astype(np.float32)
-    outside = rr > wr
+    outside = rr > wr if spec.well_shape != "none" else np.zeros_like(rr, dtype=bool)
     plastic = smooth_noise(r, h, w, short / 20)
     trans = np.where(outside, trans * (1.0 + 0.06 * plastic), trans).astype(np.float32)
 
@@ -122,7 +132,11 @@ def draw_well_and_drop(spec: SceneSpec, geo: Geometry, r: np.random.Generator) -
     dist_in = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
     dist_out = cv2.distanceTransform(255 - mask, cv2.DIST_L2, 5)
     m = max(3.0, 0.13 * geo.drop_rmin)
-    inside = np.interp(dist_in, [0, 0.12 * m, 0.45 * m, m, 1e9], [0.28, 0.5, 0.82, 0.95, 0.96])
+    if spec.drop_edge_soft > 0:  # a broad shaded edge, no sharp line (a real imager's drop)
+        m = max(3.0, spec.drop_edge_soft * geo.drop_rmin)
+        inside = np.interp(dist_in, [0, 0.3 * m, m, 1e9], [0.55, 0.7, 0.93, 0.94])
+    else:
+        inside = np.interp(dist_in, [0, 0.12 * m, 0.45 * m, m, 1e9], [0.28, 0.5, 0.82, 0.95, 0.96])
     rim = 1.0 + 0.10 * np.exp(-((dist_out / (1.5 * detail_scale(short))) ** 2))
     factor = np.where(mask > 0, inside, rim).astype(np.float32)
     return cast(F32, trans * factor), mask

@@ -128,6 +128,10 @@ class InspectOutcome:
             "count": len(crystals),
             "max_length_um": round(max((c.length_um for c in inspection.crystals), default=0.0), 2),
             "crystals": crystals,
+            "well_found": bool(inspection.well_found),
+            "drop_found": bool(inspection.drop_found),
+            "drop_area_fraction": round(float(inspection.drop_area_fraction), 4),
+            "reasons": list(inspection.reasons),
             "latency_ms": round(self.latency_ms, 3),
         }
         if self.overlay is not None:

@@ -365,8 +365,10 @@ class LeafSteps:
         from kiboauto import vision
 
         if mode == "confluence":
-            fraction = vision.confluence(image)
-            return {"confluence": round(fraction, 4)}
+            field = vision.analyse_field(image)
+            data = field.to_dict()  # confluence, quality flags, pedestal, wall fraction
+            data["quality_ok"] = field.quality == ("ok",)
+            return data
         # the camera's own scale when it reports one (the demo station images at 640x480, 4 um
         # per pixel, under a protocol written for 2 um/px: lengths came out halved), else the
         # protocol's

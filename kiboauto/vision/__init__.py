@@ -8,7 +8,7 @@ dataclasses with ``to_dict()`` for JSON. This package imports only numpy, OpenCV
 few per-pixel routines OpenCV has no single call for) and the standard library.
 """
 
-from .cells import confluence, confluence_mask
+from .cells import QUALITY_FLAGS, FieldResult, analyse_field, confluence, confluence_mask
 from .draw import overlay
 from .io import ImageError, load_image
 from .jit import warm_up
@@ -27,14 +27,17 @@ from .types import (
 
 __all__ = [
     "DROP_CLASSES",
+    "QUALITY_FLAGS",
     "CrystalMeasure",
     "DropInfo",
+    "FieldResult",
     "GrowthReport",
     "GrowthTrack",
     "ImageError",
     "InspectParams",
     "Inspection",
     "WellInfo",
+    "analyse_field",
     "confluence",
     "confluence_mask",
     "inspect",

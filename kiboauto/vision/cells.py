@@ -1,64 +1,114 @@
-"""`confluence`: how much of a phase-contrast field is covered by cells (local-contrast method).
+"""Confluence: how much of a phase-contrast field's growth surface is covered by cells.
 
-In the spirit of PHANTAST: cells make local contrast (local standard deviation over local mean)
-that the empty background does not; thresholding it, closing small gaps and dropping specks gives
-the cell mask. Runs on a copy reduced to about 480 pixels on the short side.
+:func:`analyse_field` segments the field (:mod:`kiboauto.vision.cells_field`: saturated channel
+walls excluded, the dark level of 16-bit raw frames subtracted, the background taken from the
+low-texture bright mode as a smooth surface, cells from texture or darkness, holes inside cells
+filled, debris specks dropped) and adds per-field quality flags. :func:`confluence` is its
+number alone (the engine's ``inspect`` step in confluence mode), :func:`confluence_mask` its mask.
+
+**Definition**: the confluence is the fraction of the *growth surface* covered by cells, i.e.
+cell pixels over the pixels not under a saturated channel wall (``wall_fraction``); without a wall
+that is the whole field. ``kiboauto.hil.scene_cells`` renders fields with the same definition.
+See docs/confluence.md for what is handled and measured figures.
 """
 
 from __future__ import annotations
 
-import cv2
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
+from .cells_field import FieldMaps, segment_field
 from .io import check_image
-from .prep import build_pyramid
 
-__all__ = ["confluence", "confluence_mask"]
+__all__ = ["QUALITY_FLAGS", "FieldResult", "analyse_field", "confluence", "confluence_mask"]
 
-_K5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+#: every quality flag :func:`analyse_field` may report
+QUALITY_FLAGS = ("ok", "out_of_focus", "saturated", "empty", "low_contrast")
+
+#: below this sharpness (peak fine over peak coarse gradient) a field is out of focus
+_FOCUS_MIN = 2.3
+#: a field with at least this fraction of near-full-scale pixels (or a wall) is "saturated"
+_SATURATED_MIN = 0.01
+#: confluence below which a field without texture is "empty"
+_EMPTY_MAX = 0.01
+#: below this textured fraction (gradient above noise) a field with cells has little contrast
+_LOW_CONTRAST = 0.03
+#: below this textured fraction a field without cells is "empty"
+_EMPTY_TEXTURE = 0.03
 
 
-def confluence_mask(
-    image: npt.NDArray[np.generic],
-    *,
-    sigma_px: float = 2.0,
-    epsilon: float = 0.2,
-    min_area_frac: float = 2e-4,
-    work_short_px: int = 480,
-    darker: float = 0.15,
-    background_pct: float = 90.0,
-) -> npt.NDArray[np.bool_]:
-    """Boolean cell mask at working resolution (short side about ``work_short_px``).
+@dataclass(frozen=True)
+class FieldResult:
+    """Confluence of one field with what the measurement is worth.
 
-    ``sigma_px``: Gaussian window of the local statistics (working pixels); ``epsilon``: local
-    contrast threshold; ``darker``: pixels this much darker than the background level (the
-    ``background_pct`` percentile) count as cells too; objects and holes smaller than
-    ``min_area_frac`` of the field are removed / filled.
+    ``confluence``: 0..1 of the growth surface (see the module's definition). ``quality``: flags
+    from :data:`QUALITY_FLAGS` (``ok`` alone when nothing is wrong). ``pedestal``: dark level
+    subtracted from a 16-bit raw frame (raw counts; an upper bound of the sensor's pedestal, 0 for
+    8-bit frames). ``wall_fraction``: fraction of the field excluded as saturated wall.
+    ``sharpness``: focus measure (peak fine over peak coarse gradient; < 2.3: out of focus).
+    ``mask``: cell mask at working resolution (short side ~480 px) when asked for, for overlays.
     """
+
+    confluence: float
+    quality: tuple[str, ...]
+    pedestal: float
+    wall_fraction: float
+    sharpness: float
+    mask: npt.NDArray[np.bool_] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (without the mask)."""
+        return {
+            "confluence": round(self.confluence, 4),
+            "quality": list(self.quality),
+            "pedestal": round(self.pedestal, 1),
+            "wall_fraction": round(self.wall_fraction, 4),
+            "sharpness": round(self.sharpness, 2),
+        }
+
+
+def _quality(maps: FieldMaps, value: float) -> tuple[str, ...]:
+    flags: list[str] = []
+    empty = value < _EMPTY_MAX and maps.texture < _EMPTY_TEXTURE
+    if maps.sharpness < _FOCUS_MIN and not empty:
+        flags.append("out_of_focus")
+    if maps.saturated >= _SATURATED_MIN or maps.wall.any():
+        flags.append("saturated")
+    if empty:
+        flags.append("empty")
+    elif maps.texture < _LOW_CONTRAST:
+        flags.append("low_contrast")
+    return tuple(flags) or ("ok",)
+
+
+def analyse_field(
+    image: npt.NDArray[np.generic], *, with_mask: bool = False, **options: float
+) -> FieldResult:
+    """Confluence, quality flags, dark level and wall fraction of one phase-contrast field
+    (8- or 16-bit, grey or BGR/BGRA). ``options`` go to
+    :func:`kiboauto.vision.cells_field.segment_field`."""
     img = check_image(image)
-    work = build_pyramid(img, work_short_px, work_short_px).work.astype(np.float32)
-    mean = cv2.GaussianBlur(work, (0, 0), sigma_px)
-    mean_sq = cv2.GaussianBlur(work * work, (0, 0), sigma_px)
-    std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
-    contrast = std / np.maximum(mean, 1.0)
-    # cells are textured (local contrast) or, in a dense sheet with little texture, darker than
-    # the empty background (its level: a high percentile of the smoothed field)
-    bg_level = float(np.percentile(mean[::4, ::4], background_pct))
-    mask = ((contrast > epsilon) | (mean < (1.0 - darker) * bg_level)).astype(np.uint8)
-    min_area = min_area_frac * mask.size
-    # drop small specks, fill small holes
-    for value in (1, 0):
-        src = (mask == value).astype(np.uint8)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(src, connectivity=8)
-        small = np.nonzero(stats[1:, cv2.CC_STAT_AREA] < min_area)[0] + 1
-        if small.size:
-            mask[np.isin(labels, small)] = 1 - value
-    out: npt.NDArray[np.bool_] = mask.astype(bool)
-    return out
+    maps = segment_field(img, **options)  # type: ignore[arg-type]
+    surface = int(np.count_nonzero(~maps.wall))
+    value = float(np.count_nonzero(maps.cells)) / surface if surface else 0.0
+    return FieldResult(
+        confluence=value,
+        quality=_quality(maps, value),
+        pedestal=maps.pedestal,
+        wall_fraction=float(maps.wall.mean()),
+        sharpness=maps.sharpness,
+        mask=maps.cells if with_mask else None,
+    )
+
+
+def confluence_mask(image: npt.NDArray[np.generic], **options: float) -> npt.NDArray[np.bool_]:
+    """Boolean cell mask at working resolution (short side about 480 px); wall pixels are False."""
+    return segment_field(check_image(image), **options).cells  # type: ignore[arg-type]
 
 
 def confluence(image: npt.NDArray[np.generic], **options: float) -> float:
-    """Fraction (0..1) of the field covered by cells; see :func:`confluence_mask` for options."""
-    mask = confluence_mask(image, **options)  # type: ignore[arg-type]
-    return float(mask.mean())
+    """Fraction (0..1) of the growth surface covered by cells (see :func:`analyse_field`)."""
+    return analyse_field(image, **options).confluence  # type: ignore[arg-type]

@@ -42,7 +42,10 @@ def overlay(image: npt.NDArray[np.generic], inspection: Inspection) -> npt.NDArr
     short = min(h, w)
     thick = max(1, round(short / 480))
     font = max(0.4, short / 1200)
-    if inspection.well is not None:
+    if inspection.well is not None and inspection.well.bbox_px is not None:
+        x, y, bw, bh = inspection.well.bbox_px
+        cv2.rectangle(out, (x, y), (x + bw, y + bh), (255, 120, 0), thick)
+    elif inspection.well is not None:
         cx, cy = inspection.well.center_px
         cv2.circle(out, (round(cx), round(cy)), round(inspection.well.radius_px), (255, 120, 0),
                    thick, cv2.LINE_AA)  # fmt: skip
@@ -71,4 +74,12 @@ def overlay(image: npt.NDArray[np.generic], inspection: Inspection) -> npt.NDArr
     cv2.rectangle(out, (0, 0), (min(w - 1, tw + 16), th + base + 14), (0, 0, 0), -1)
     cv2.putText(out, head, (8, th + 7), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick + 1,
                 cv2.LINE_AA)  # fmt: skip
+    # the reasons, one per line under the heading
+    y = th + base + 14
+    for line in inspection.reasons:
+        (lw, lh), lb = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
+        cv2.rectangle(out, (0, y), (min(w - 1, lw + 16), y + lh + lb + 6), (0, 0, 0), -1)
+        cv2.putText(out, line, (8, y + lh + 3), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255),
+                    thick, cv2.LINE_AA)  # fmt: skip
+        y += lh + lb + 6
     return out

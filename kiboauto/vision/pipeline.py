@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .classify import classify
+from .classify import decide
 from .crystals import Blob, find_blobs, straightness
 from .drop import find_drop
+from .geometry import drop_in_region, well_region
 from .illumination import background_grid, fit_background, flatten
 from .io import check_image
 from .models import CRYSTAL_MLP, mlp_positive
@@ -25,6 +26,8 @@ _DEFAULTS = InspectParams()
 # the drop mask found on the small copy takes in the (3x3 widened) meniscus line, which is about
 # 2 coarse pixels wider there than a line found on the coarse copy: the edge band grows by that
 _MENISCUS_C = 2
+# a drop outline this small (of the well's inside) is likely a bubble: look for a broad edge too
+_SMALL_DROP = 0.12
 _PAD_C = 3  # coarse pixels around the inner mask searched at working resolution (see below)
 
 
@@ -43,6 +46,39 @@ def _assumed_drop(
     contour = np.asarray(cnts[0], dtype=np.int32)
     x0, y0, bw, bh = cv2.boundingRect(contour)
     return mask_c[y0 : y0 + bh, x0 : x0 + bw], contour
+
+
+def _region_drop(
+    field_s: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]] | None:
+    """When no drop edge is found in a square or clipped well (or the whole field): that region
+    less a 2 px border, as (mask over its bounding box, outline) in the small copy's pixels."""
+    inner = np.asarray(cv2.erode(field_s, np.ones((5, 5), np.uint8)), dtype=np.uint8)
+    cnts, _ = cv2.findContours(inner, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not cnts:
+        return None
+    best = max(cnts, key=cv2.contourArea)
+    bx, by, bw, bh = cv2.boundingRect(best)
+    mask = np.zeros((bh, bw), np.uint8)
+    cv2.drawContours(mask, [best], -1, 1, -1, offset=(-bx, -by))
+    return mask, np.asarray(best, dtype=np.int32)
+
+
+def _geometry_reasons(well: WellInfo | None, drop_found: bool, area_frac: float) -> list[str]:
+    """What was found of the well and the drop, and what was inspected instead, in words."""
+    out: list[str] = []
+    if well is None:
+        out.append("no well found: inspected the whole field")
+    else:
+        clipped = ", clipped by the frame" if well.clipped else ""
+        out.append(f"{well.shape} well found{clipped}")
+    pct = f"{100 * area_frac:.0f} % of the frame"
+    if drop_found:
+        out.append(f"drop edge found: the drop covers {pct}")
+    else:
+        where = "the whole field" if well is None else "the well's inside"
+        out.append(f"no drop edge found: inspected {where} ({pct})")
+    return out
 
 
 def inspect(
@@ -77,17 +113,43 @@ def analyse(
     small = np.asarray(halve(pyr.coarse), dtype=np.uint8)
     smooth, ref = well_reference(small)
     well_s = find_well(smooth, ref)
+    region = well_region(smooth, ref)
+    assumed_s: tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]] | None = None
+    if well_s is not None and (region is None or region.shape == "round"):
+        # a round, whole well: the path the rendered scenes (and the models) know
+        region = None
+        found = find_drop(small, well_s, ref)
+        r_disc = max(well_s[3] - 1.5, 3.0)
+        if found is None or float(found[0].sum()) < _SMALL_DROP * math.pi * r_disc * r_disc:
+            # no edge line, or only a small outline (a bubble): a broad shaded drop edge?
+            disc = np.zeros_like(small)
+            cv2.circle(disc, (round(well_s[0]), round(well_s[1])), round(r_disc), 1, -1)
+            broad = drop_in_region(small, smooth, disc, ref)
+            if broad is not None and (
+                found is None or float(broad[0].sum()) > float(found[0].sum())
+            ):
+                found = broad
+    else:
+        # a square or clipped well, or none (then the whole field is the well)
+        well_s = None
+        if region is not None:
+            field_s = region.mask
+        else:
+            field_s = np.zeros_like(small)
+            field_s[2:-2, 2:-2] = 1
+        found = drop_in_region(small, smooth, field_s, ref)
+        if found is None:
+            assumed_s = _region_drop(field_s)
     well_c = None
     if well_s is not None:
         tx, ty, tr, tri = well_s
         well_c = ((tx + 0.5) * 2 - 0.5, (ty + 0.5) * 2 - 0.5, tr * 2, tri * 2)
-    found = find_drop(small, well_s, ref)
     features: dict[str, float] = {
-        "well_found": 0.0 if well_c is None else 1.0,
+        "well_found": 0.0 if well_c is None and region is None else 1.0,
         "drop_found": 0.0 if found is None else 1.0,
     }
-    if found is not None:
-        mask_s, contour_s = found
+    if found is not None or assumed_s is not None:
+        mask_s, contour_s = found if found is not None else assumed_s  # type: ignore[misc]
         mroi_c = double(mask_s)
         xs0, ys0, bws, bhs = cv2.boundingRect(contour_s)
         x0, y0, bw, bh = 2 * xs0, 2 * ys0, 2 * bws, 2 * bhs
@@ -147,6 +209,7 @@ def analyse(
     lines = maps.n_away_lines / n_away if n_away else 0.0
 
     crystals: list[CrystalMeasure] = []
+    accepted: list[float] = []
     best_score = 0.0
     drop_area_w = max(drop_area_c * f * f, 1.0)
     n_round, n_thin = 0, counted.thin
@@ -176,6 +239,7 @@ def analyse(
             rejected_area += b.area
             continue
         best_score = max(best_score, scores[id(b)])
+        accepted.append(scores[id(b)])
         gran.append(b.granularity)
         bx, by, bw_, bh_ = b.bbox
         area_px = b.area * ws * ws
@@ -220,12 +284,22 @@ def analyse(
             "binning_log2": math.log2(ws),
         }
     )
-    drop_class, confidence = classify(features)
+    drop_class, confidence, class_reasons = decide(features, accepted, len(inner_blobs))
 
     well = None
     if well_c is not None:
         cx, cy, r, _ = well_c
         well = WellInfo(((cx + 0.5) * cs - 0.5, (cy + 0.5) * cs - 0.5), r * cs)
+    elif region is not None:
+        ss = 2 * cs  # full-resolution pixels per pixel of the small copy
+        (gx, gy, gr), (bx_, by_, bw_s, bh_s) = region.circle, region.bbox
+        well = WellInfo(
+            ((gx + 0.5) * ss - 0.5, (gy + 0.5) * ss - 0.5),
+            gr * ss,
+            shape=region.shape,
+            clipped=region.clipped,
+            bbox_px=(bx_ * ss, by_ * ss, bw_s * ss, bh_s * ss),
+        )
     drop = None
     if found is not None:
         ss = 2 * cs  # full-resolution pixels per pixel of the copy the drop was found on
@@ -242,6 +316,8 @@ def analyse(
             centroid_px=((cen[0] + 0.5) * ss - 0.5, (cen[1] + 0.5) * ss - 0.5),
             contour_px=tuple(zip(*pts.T.tolist(), strict=True)),
         )
+    area_frac = drop_area_c / float(cw * ch)
+    reasons = class_reasons + _geometry_reasons(well, drop is not None, area_frac)
     result = Inspection(
         drop_class=drop_class,
         confidence=confidence,
@@ -251,5 +327,9 @@ def analyse(
         features=features,
         image_size=pyr.full_size,
         um_per_px=float(um_per_px),
+        well_found=well is not None,
+        drop_found=drop is not None,
+        drop_area_fraction=area_frac,
+        reasons=reasons,
     )
     return result, candidates

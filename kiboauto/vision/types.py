@@ -59,11 +59,21 @@ class WellInfo:
 
     center_px: tuple[float, float]
     radius_px: float
+    #: ``round`` (a circle: centre and radius) or ``square`` (a square or rectangular sub-well:
+    #: ``bbox_px`` is its inside, the circle the one through its corners)
+    shape: str = "round"
+    #: the well reaches past the frame edge (a zoomed view): only part of it is seen
+    clipped: bool = False
+    #: (x, y, w, h) of the well's inside as seen in the frame (full-resolution pixels)
+    bbox_px: tuple[int, int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "center_px": [_r(self.center_px[0], 1), _r(self.center_px[1], 1)],
             "radius_px": _r(self.radius_px, 1),
+            "shape": self.shape,
+            "clipped": self.clipped,
+            "bbox_px": None if self.bbox_px is None else list(self.bbox_px),
         }
 
 
@@ -123,9 +133,21 @@ class Inspection:
     features: dict[str, float]
     image_size: tuple[int, int] = (0, 0)  # (width, height) of the inspected image
     um_per_px: float = 1.0
+    #: a well was found (else the whole field was inspected as the well)
+    well_found: bool = False
+    #: a drop edge was found (else the well's inside, or the whole field, was inspected)
+    drop_found: bool = False
+    #: the inspected drop area (found, or assumed when none was found) over the frame area
+    drop_area_fraction: float = 0.0
+    #: short human reasons for the class and for what was or was not found
+    reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "well_found": self.well_found,
+            "drop_found": self.drop_found,
+            "drop_area_fraction": _r(self.drop_area_fraction, 4),
+            "reasons": list(self.reasons),
             "drop_class": self.drop_class,
             "confidence": _r(self.confidence),
             "crystals": [c.to_dict() for c in self.crystals],
