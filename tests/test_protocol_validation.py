@@ -677,3 +677,25 @@ def test_the_documented_example_is_valid(
     assert validate_main(path, None, False) == 0
     printed = capsys.readouterr().out.strip().replace(str(path), "lysozyme.yaml")
     assert printed in doc
+
+
+@pytest.mark.req("KA-PRO-002")
+def test_inspection_geometry_and_field_quality_names_follow_their_mode() -> None:
+    """``cell[N].drop_found`` comes from a crystals inspection, ``cell[N].quality_ok`` from a
+    confluence one: each is accepted from its own mode and refused from the other."""
+    ok = """\
+name: t
+roles: {camera: {kind: Camera, device: camera1}}
+steps:
+  - repeat:
+      every: 1 h
+      times: 3
+      until: "cell[1].quality_ok and cell[1].wall_fraction < 0.2 and cell[2].drop_found"
+      steps:
+        - inspect: {camera: camera, cell: 1, mode: confluence}
+        - inspect: {camera: camera, cell: 2}
+"""
+    assert problems(ok) == []
+    wrong = ok.replace("cell[2].drop_found", "cell[2].quality_ok")
+    found = problems(wrong)
+    assert len(found) == 1 and "mode confluence" in found[0] and "cell 2" in found[0], found

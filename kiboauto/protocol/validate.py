@@ -110,13 +110,25 @@ CELL_FIELDS: dict[str, object] = {
     "max_length_um": Q_(1.0, "um"),
     "confluence": 0.5,
     "confidence": 0.9,
+    "well_found": True,
+    "drop_found": True,
+    "drop_area_fraction": 0.3,
+    "quality_ok": True,
+    "wall_fraction": 0.1,
 }
+#: cell values that come from an inspect step with mode confluence (the others: crystals)
+CONFLUENCE_FIELDS = frozenset({"confluence", "quality_ok", "wall_fraction"})
 _CELL_FIELD_TYPES = {
     "class": "text",
     "count": "a whole number",
     "max_length_um": "a length (um)",
     "confluence": "a plain number (fraction 0..1)",
     "confidence": "a plain number (0..1)",
+    "well_found": "true or false",
+    "drop_found": "true or false",
+    "drop_area_fraction": "a plain number (fraction 0..1)",
+    "quality_ok": "true or false",
+    "wall_fraction": "a plain number (fraction 0..1)",
 }
 
 #: readings whose type is known, by role kind (for checking how conditions compare them)
@@ -533,7 +545,7 @@ class _Checker:
                     f"no inspect step inspects cell {parts[1]} ('{text}'); expected one of the "
                     f"inspected cells: {listed}"
                 )
-            mode = "confluence" if parts[2] == "confluence" else "crystals"
+            mode = "confluence" if parts[2] in CONFLUENCE_FIELDS else "crystals"
             modes = self.inspect_modes().get(parts[1], set())
             if mode not in modes:
                 return (
