@@ -27,7 +27,7 @@ from kiboauto.config import ConfigError
 from kiboauto.engine.estimate import StepEstimate, estimate_program
 from kiboauto.engine.machine import RunState
 from kiboauto.engine.resources import PowerBudget, PowerBudgetError, ResourceTally
-from kiboauto.engine.run import Run, RunOptions, RunOutcome
+from kiboauto.engine.run import Run, RunOptions, RunOutcome, check_parameter_value
 from kiboauto.journal import JOURNAL_NAME, Journal, JournalError
 from kiboauto.protocol.loader import LoadedProtocol, ProtocolError, load_protocol, load_text
 from kiboauto.protocol.validate import validate
@@ -131,6 +131,10 @@ def run_request(
     problems = validate(loaded, station)
     if problems:
         raise UserError("\n".join(str(p) for p in problems))
+    for name, value in (request.params or {}).items():
+        refusal = check_parameter_value(loaded.protocol, name, value)
+        if refusal is not None:  # before anything is journaled or moves
+            raise UserError(f"--set {name}={value}: {refusal.message} [{refusal.reason.value}]")
     clock = make_clock("max" if request.dry_run else request.speed)
     options = RunOptions(
         params=dict(request.params or {}),

@@ -932,3 +932,32 @@ def test_a_station_sample_rate_must_be_a_duration() -> None:
     for bad in ("10 uL", "0 s", "soon", "-1 min"):
         with pytest.raises(ValidationError, match="sample_every"):
             StationDevice(driver="newera", port="sim", sample_every=bad)
+
+
+GOTO_LOOP = """\
+name: goto_loop
+roles:
+  pump: {kind: SyringePump, device: pump1, syringe: 1 mL}
+steps:
+  - id: ask
+    crew:
+      procedure: check the line
+      expected: 1 min
+      wait_at_most: 2 min
+    on_failure: goto ask
+"""
+
+
+@pytest.mark.req("KA-ENG-001")
+def test_a_goto_that_loops_forever_fails_the_run_instead(tmp_path: Path) -> None:
+    """A failure policy that jumps back to a step that keeps failing is stopped after
+    MAX_JUMPS jumps: the run fails with a reason, it does not spin for ever."""
+    from kiboauto.engine.executor import MAX_JUMPS
+
+    done = _run(_protocol(GOTO_LOOP), _pump_station(), tmp_path / "run")
+    assert done.outcome.state is RunState.FAILED
+    assert "goto ask" in done.outcome.message and "loop" in done.outcome.message
+    with done.journal() as journal:
+        failed = [s for s in journal.rows("steps") if str(s["outcome"]).startswith("failed")]
+    assert len(failed) == MAX_JUMPS + 1
+    assert done.outcome.protocol_time_s == pytest.approx((MAX_JUMPS + 1) * 120.0, rel=0.01)

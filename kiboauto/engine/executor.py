@@ -45,6 +45,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+MAX_JUMPS = 100
+"""How often one ``goto`` target may be jumped to in a run before the run fails (a loop)."""
+
 _BURST = 64
 """Instant steps run back to back before the executor lets other tasks (commands) in."""
 
@@ -133,6 +136,7 @@ class Executor:
         self._cursor: list[Frame] = []
         self._cursor_dirty = False
         self._instant_flags: dict[str, tuple[bool, ...]] = {}
+        self._jumps: dict[str, int] = {}
         journal.before_group_write(self._write_cursor)
         self.at_step: str | None = None  # execution key of the step being run or waited on
 
@@ -300,6 +304,12 @@ class Executor:
                 except _Goto as g:
                     if g.label not in block.labels:
                         raise
+                    self._jumps[g.label] = self._jumps.get(g.label, 0) + 1
+                    if self._jumps[g.label] > MAX_JUMPS:
+                        raise RunFailed(
+                            f"'goto {g.label}' taken {MAX_JUMPS} times in this run: a failure "
+                            "loop, stopped"
+                        ) from None
                     frame.index = block.labels.index(g.label)
                     del self._resume[len(self.frames) :]
                     self._checkpoint()

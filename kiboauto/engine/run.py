@@ -39,7 +39,7 @@ from kiboauto.journal import Journal, JournalError, TelemetryRow
 from kiboauto.protocol.model import Limits, MonitorSpec, Protocol, WatchdogSpec
 from kiboauto.units import Q_, as_quantity
 
-__all__ = ["Run", "RunOptions", "RunOutcome"]
+__all__ = ["Run", "RunOptions", "RunOutcome", "check_parameter_value"]
 
 log = logging.getLogger(__name__)
 
@@ -551,43 +551,7 @@ class Run:
 
     def check_parameter(self, name: str, value: str) -> Verdict | None:
         state = self.machine.state if hasattr(self, "machine") else RunState.IDLE
-        spec = self.protocol.parameters.get(name)
-        if spec is None:
-            known = ", ".join(self.protocol.parameters) or "none"
-            return Verdict(
-                False, Reason.UNKNOWN_PARAMETER, f"no parameter {name!r} ({known})", state
-            )
-        if state not in (RunState.IDLE, RunState.LOADED) and not spec.settable:
-            return Verdict(False, Reason.NOT_SETTABLE, f"{name} cannot change during a run", state)
-        try:
-            new = _param_value(value)
-            default = spec.quantity()
-        except ValueError as e:
-            return Verdict(False, Reason.BAD_ARGUMENTS, f"{name}: {e}", state)
-        if isinstance(default, bool) != isinstance(new, bool):
-            return Verdict(False, Reason.BAD_ARGUMENTS, f"{name} is yes/no: true or false", state)
-        if isinstance(default, bool):
-            return None
-        unit = getattr(default, "units", None)
-        try:
-            value_in = _in_units_of(new, default)
-        except Exception as e:  # no unit, or pint's dimensionality error
-            want = f"a quantity in {unit:~}" if unit is not None else "a plain number"
-            return Verdict(
-                False, Reason.WRONG_UNIT, f"{name} needs {want}, not {value}: {e}", state
-            )
-        for bound, below in ((spec.min, True), (spec.max, False)):
-            if bound is None:
-                continue
-            limit = _in_units_of(spec.quantity(bound), default)
-            if (value_in < limit) if below else (value_in > limit):
-                return Verdict(
-                    False,
-                    Reason.OUT_OF_RANGE,
-                    f"{name} = {value} is outside [{spec.min}, {spec.max}]",
-                    state,
-                )
-        return None
+        return check_parameter_value(self.protocol, name, value, state)
 
     async def set_parameter(self, name: str, value: str) -> str:
         new = _param_value(value)
@@ -713,6 +677,46 @@ def _real_time() -> float:
 
 def _speed(clock: Clock) -> float:
     return float(getattr(clock, "factor", 1.0))
+
+
+def check_parameter_value(
+    protocol: Protocol, name: str, value: str, state: RunState = RunState.IDLE
+) -> Verdict | None:
+    """None when ``set name=value`` is acceptable in ``state`` (a known parameter, settable now,
+    the right unit, within its limits); else the refusal with its reason code."""
+    spec = protocol.parameters.get(name)
+    if spec is None:
+        known = ", ".join(protocol.parameters) or "none"
+        return Verdict(False, Reason.UNKNOWN_PARAMETER, f"no parameter {name!r} ({known})", state)
+    if state not in (RunState.IDLE, RunState.LOADED) and not spec.settable:
+        return Verdict(False, Reason.NOT_SETTABLE, f"{name} cannot change during a run", state)
+    try:
+        new = _param_value(value)
+        default = spec.quantity()
+    except ValueError as e:
+        return Verdict(False, Reason.BAD_ARGUMENTS, f"{name}: {e}", state)
+    if isinstance(default, bool) != isinstance(new, bool):
+        return Verdict(False, Reason.BAD_ARGUMENTS, f"{name} is yes/no: true or false", state)
+    if isinstance(default, bool):
+        return None
+    unit = getattr(default, "units", None)
+    try:
+        value_in = _in_units_of(new, default)
+    except Exception as e:  # no unit, or pint's dimensionality error
+        want = f"a quantity in {unit:~}" if unit is not None else "a plain number"
+        return Verdict(False, Reason.WRONG_UNIT, f"{name} needs {want}, not {value}: {e}", state)
+    for bound, below in ((spec.min, True), (spec.max, False)):
+        if bound is None:
+            continue
+        limit = _in_units_of(spec.quantity(bound), default)
+        if (value_in < limit) if below else (value_in > limit):
+            return Verdict(
+                False,
+                Reason.OUT_OF_RANGE,
+                f"{name} = {value} is outside [{spec.min}, {spec.max}]",
+                state,
+            )
+    return None
 
 
 def _in_units_of(value: Any, default: Any) -> float:
