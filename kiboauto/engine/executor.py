@@ -24,7 +24,7 @@ from kiboauto.clock import Clock
 from kiboauto.devices import DeviceError
 from kiboauto.engine.machine import RunMachine, RunState
 from kiboauto.engine.program import Block, Program, Values
-from kiboauto.journal import Journal
+from kiboauto.journal import Journal, JournalError
 from kiboauto.protocol.expressions import ExpressionError, evaluate_condition, parse_condition
 from kiboauto.protocol.model import (
     BranchStep,
@@ -398,7 +398,12 @@ class Executor:
                     raise RunAborted("aborted during step " + key) from None
                 # hold: wait for the ground, then run the step again
                 continue
-            except (StepFailed, DeviceError, ExpressionError, ValueError) as e:
+            except (RunAborted, RunFailed, _Goto, JournalError):
+                raise
+            except Exception as e:  # a bug must not crash an experiment: the step fails
+                if not isinstance(e, StepFailed | DeviceError | ExpressionError | ValueError):
+                    log.exception("step %s: unexpected error", key)
+                    e = StepFailed(f"internal error: {type(e).__name__}: {e}")
                 self._end(row, f"failed: {e}")
                 self._event("step_failed", "warning", f"step {key} failed (attempt {attempt}): {e}")
                 if attempt <= policy.retry:
