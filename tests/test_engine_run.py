@@ -961,3 +961,63 @@ def test_a_goto_that_loops_forever_fails_the_run_instead(tmp_path: Path) -> None
         failed = [s for s in journal.rows("steps") if str(s["outcome"]).startswith("failed")]
     assert len(failed) == MAX_JUMPS + 1
     assert done.outcome.protocol_time_s == pytest.approx((MAX_JUMPS + 1) * 120.0, rel=0.01)
+
+
+class _BuggyCamera:
+    """A camera whose driver has a bug: every capture raises ZeroDivisionError."""
+
+    name = "camera1"
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def capture_cell(self, n: int) -> Any:
+        return 1 / 0
+
+    async def read(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.mark.req("KA-ENG-001")
+def test_a_bug_in_a_step_fails_the_step_not_the_process(tmp_path: Path) -> None:
+    text = """\
+name: buggy
+roles: {camera: {kind: Camera, device: camera1}}
+steps:
+  - id: look
+    inspect: {camera: camera, cell: 1}
+    on_failure: {retry: 1, delay: 1 min, then: skip}
+  - id: after
+    event: {message: still going}
+"""
+    loaded = _protocol(text)
+    clock = VirtualClock()
+
+    async def main() -> RunOutcome:
+        run = Run(
+            loaded.protocol,
+            loaded.text,
+            {"camera1": _BuggyCamera()},
+            "",
+            tmp_path / "run",
+            clock,
+            RunOptions(control_socket=False),
+        )
+        try:
+            return await run.execute()
+        finally:
+            run.close()
+
+    outcome = clock.run(main())
+    assert outcome.state is RunState.COMPLETED
+    with Journal.open(tmp_path / "run") as journal:
+        steps = [(s["step"], s["outcome"]) for s in journal.rows("steps")]
+        codes = _codes(journal)
+    assert steps[:2] == [("look", steps[0][1]), ("look", steps[1][1])]
+    assert all("internal error: ZeroDivisionError" in str(o) for _, o in steps[:2])
+    assert steps[2] == ("after", "ok")
+    assert "step_skipped" in codes and "protocol_event" in codes
