@@ -1,0 +1,189 @@
+"""Vision per imager type and light: class accuracy, crystal recall and precision, confidence.
+
+Imager types (``hil/scene.py`` options on top of ``random_spec``):
+    round      plate imager, round whole well (what the models were trained on)
+    square     square sub-well (``well_shape="square"``)
+    zoomed     zoomed round well clipped by the frame (``well_zoom=1.7``)
+    no_well    no well, microfluidic-like field (``well_shape="none"``, ``well_zoom=1.6``)
+    soft_edge  round well, broad shaded drop edge without meniscus line (``drop_edge_soft=0.35``)
+Light: bright-field (``colour=False``) or cross-polarised (``colour=True``).
+
+Default mode: ``--images N`` scenes per (imager, light) cell from the evaluation seeds 100000..
+(the same seeds in every cell: only geometry and light change; classes balanced; 1280x960).
+Reported per cell: class accuracy, crystal recall and precision (matching as in
+``bench/vision_bench.py``), mean confidence and its expected calibration error (ECE, 10 equal
+bins: how far the confidence is from how often the class is right).
+
+    python bench/vision_imagers.py [--images 40] [--workers 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+CLASSES = ("crystals", "precipitate", "clear", "other")
+EVAL_SEED0 = 100_000
+IMAGERS: dict[str, dict[str, Any]] = {
+    "round": {},
+    "square": {"well_shape": "square"},
+    "zoomed": {"well_zoom": 1.7},
+    "no_well": {"well_shape": "none", "well_zoom": 1.6},
+    "soft_edge": {"drop_edge_soft": 0.35},
+}
+LIGHTS = {"bright-field": False, "cross-polarised": True}
+
+
+def _match(found: list[Any], truth: list[Any]) -> int:
+    """Matched detections (as in bench/vision_bench.py: centroid in the true box grown 25 %)."""
+    candidates = []
+    for i, f in enumerate(found):
+        fx, fy = f.centroid_px
+        for j, t in enumerate(truth):
+            x, y, w, h = t.bbox_px
+            gx, gy = 0.25 * w / 2 + 2, 0.25 * h / 2 + 2
+            if x - gx <= fx <= x + w + gx and y - gy <= fy <= y + h + gy:
+                tx, ty = t.centroid_px
+                candidates.append((math.hypot(fx - tx, fy - ty), i, j))
+    used_f: set[int] = set()
+    used_t: set[int] = set()
+    for _, i, j in sorted(candidates):
+        if i not in used_f and j not in used_t:
+            used_f.add(i)
+            used_t.add(j)
+    return len(used_f)
+
+
+def scene_job(job: tuple[int, str, bool | None, int, int]) -> dict[str, Any]:
+    """Render and inspect one scene; ``colour`` None keeps what ``random_spec`` drew."""
+    import cv2
+
+    from kiboauto.hil.scene import random_spec, render
+    from kiboauto.vision import inspect
+
+    seed, imager, colour, width, height = job
+    cv2.setNumThreads(1)
+    spec = random_spec(seed, drop_class=CLASSES[seed % 4], width=width, height=height)
+    spec = replace(spec, **IMAGERS[imager])
+    if colour is not None:
+        spec = replace(spec, colour=colour)
+    image, truth = render(spec)
+    result = inspect(image, um_per_px=truth.um_per_px)
+    return {
+        "seed": seed,
+        "imager": imager,
+        "colour": spec.colour,
+        "truth": truth.drop_class,
+        "found": result.drop_class,
+        "correct": result.drop_class == truth.drop_class,
+        "confidence": result.confidence,
+        "well_found": result.features.get("well_found", 1.0),
+        "drop_found": result.features.get("drop_found", 1.0),
+        "n_truth": len(truth.crystals),
+        "n_found": len(result.crystals),
+        "n_matched": _match(result.crystals, truth.crystals),
+    }
+
+
+def ece(conf: list[float], correct: list[bool], bins: int = 10) -> float:
+    """Expected calibration error: sum over 10 equal bins of |accuracy - mean confidence| x
+    the bin's share of the samples."""
+    if not conf:
+        return 0.0
+    c = np.asarray(conf, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    idx = np.minimum((c * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += float(m.sum()) * abs(float(y[m].mean()) - float(c[m].mean()))
+    return total / len(c)
+
+
+def _run(jobs: list[tuple[int, str, bool | None, int, int]], workers: int) -> list[dict[str, Any]]:
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(scene_job, jobs, chunksize=4))
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n_truth = sum(r["n_truth"] for r in rows)
+    n_found = sum(r["n_found"] for r in rows)
+    n_matched = sum(r["n_matched"] for r in rows)
+    correct = [bool(r["correct"]) for r in rows]
+    return {
+        "images": len(rows),
+        "class_accuracy": sum(correct) / max(1, len(rows)),
+        "crystal_recall": n_matched / max(1, n_truth),
+        "crystal_precision": n_matched / max(1, n_found),
+        "mean_confidence": float(np.mean([r["confidence"] for r in rows])),
+        "ece": ece([r["confidence"] for r in rows], correct),
+    }
+
+
+def imager_table(n_images: int, workers: int) -> dict[str, Any]:
+    seeds = range(EVAL_SEED0, EVAL_SEED0 + n_images)
+    jobs = [
+        (s, imager, colour, 1280, 960)
+        for imager in IMAGERS
+        for colour in LIGHTS.values()
+        for s in seeds
+    ]
+    rows = _run(jobs, workers)
+    cells = {}
+    for imager in IMAGERS:
+        for light, colour in LIGHTS.items():
+            sel = [r for r in rows if r["imager"] == imager and r["colour"] == colour]
+            cells[f"{imager}/{light}"] = summarise(sel)
+    return {
+        "eval_seeds": [seeds[0], seeds[-1]],
+        "size": "1280x960",
+        "cells": cells,
+        "round_only": summarise([r for r in rows if r["imager"] == "round"]),
+        "all": summarise(rows),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=40, help="scenes per (imager, light) cell")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    table = imager_table(args.images, args.workers)
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return
+    print(print_table(table))
+
+
+def print_table(table: dict[str, Any]) -> str:
+    lines = [
+        f"seeds {table['eval_seeds'][0]}..{table['eval_seeds'][1]} per cell, {table['size']}",
+        f"{'imager/light':<26} {'n':>4} {'class acc':>9} {'recall':>7} {'precision':>9} "
+        f"{'confidence':>10} {'ECE':>6}",
+    ]
+    rows = [*table["cells"].items(), ("round (both lights)", table["round_only"])]
+    rows.append(("all", table["all"]))
+    for name, c in rows:
+        lines.append(
+            f"{name:<26} {c['images']:>4} {c['class_accuracy']:>9.3f} {c['crystal_recall']:>7.3f} "
+            f"{c['crystal_precision']:>9.3f} {c['mean_confidence']:>10.3f} {c['ece']:>6.3f}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
