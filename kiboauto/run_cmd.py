@@ -248,6 +248,15 @@ def demo_main(run_dir: Path | None, seed: int, quiet: bool, console: Console) ->
     target = run_dir or Path(f"kiboauto-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if (target / JOURNAL_NAME).exists():
         raise UserError(f"{target} already holds a run; give another --run-dir")
+    from kiboauto.vision import warm_up
+
+    t0 = time.monotonic()
+    warm_up()  # compiles the vision kernels on a machine's first run (about 10 s), then cached
+    if time.monotonic() - t0 > 2.0:
+        console.print(
+            f"compiled the vision kernels in {time.monotonic() - t0:.0f} s (first run on this "
+            "machine only; cached from now on)"
+        )
     with resources.as_file(example) as path:
         request = RunRequest(protocol=path, run_dir=target, quiet=quiet, auto_crew=True)
         request.demo_seed = seed  # type: ignore[attr-defined]
