@@ -233,7 +233,10 @@ class Run:
     def event(self, code: str, severity: str, message: str) -> None:
         """Journal an event (and log it)."""
         self.journal.record_event(code, severity, message, self.protocol_time())
-        level = logging.WARNING if severity in ("warning", "alarm", "critical") else logging.INFO
+        serious = severity in ("warning", "alarm", "critical")
+        if serious:
+            self.journal.flush()  # rare and what the ground needs first: committed at once
+        level = logging.WARNING if serious else logging.INFO
         log.log(level, "event %s [%s]: %s", code, severity, message)
 
     def _tick(self, *, force: bool = False) -> None:
