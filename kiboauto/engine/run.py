@@ -33,13 +33,19 @@ from kiboauto.engine.commands import CommandPath, CommandRefused
 from kiboauto.engine.executor import Executor, RunAborted, RunFailed
 from kiboauto.engine.machine import Reason, RunMachine, RunState, Verdict
 from kiboauto.engine.monitor import LimitLevel, Monitor
+from kiboauto.engine.parameters import (
+    check_parameter_value,
+    limits_for_report,
+    param_text,
+    param_value,
+)
 from kiboauto.engine.program import Program, Values
 from kiboauto.engine.steps import LeafSteps
 from kiboauto.journal import Journal, JournalError, TelemetryRow
 from kiboauto.protocol.model import Limits, MonitorSpec, Protocol, WatchdogSpec
 from kiboauto.units import Q_, as_quantity
 
-__all__ = ["Run", "RunOptions", "RunOutcome", "check_parameter_value"]
+__all__ = ["Run", "RunOptions", "RunOutcome", "check_parameter_value"]  # the last: re-exported
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +128,7 @@ class Run:
             initial = self._restore()
         else:
             self.journal.start_run(protocol_text, station_text, t_wall=clock.wall())
-            self.journal.set_checkpoint("limits", _limits_for_report(protocol))
+            self.journal.set_checkpoint("limits", limits_for_report(protocol))
         self.journal.group_commits(max_pending=4096)
         self.machine = RunMachine(initial=initial, on_transition=self._journal_transition)
         self.commands = CommandPath(self, self.journal, clock)
@@ -213,13 +219,13 @@ class Run:
             verdict = self.check_parameter(name, str(text))
             if verdict is not None:
                 raise ValueError(f"--set {name}={text}: {verdict.message}")
-            self.values.params[name] = _param_value(str(text))
+            self.values.params[name] = param_value(str(text))
         if journal:
             self._save_params()
 
     def _save_params(self) -> None:
         self.journal.set_checkpoint(
-            "params", {k: _param_text(v) for k, v in self.values.params.items()}
+            "params", {k: param_text(v) for k, v in self.values.params.items()}
         )
 
     async def _journal_transition(
@@ -557,7 +563,7 @@ class Run:
         return check_parameter_value(self.protocol, name, value, state)
 
     async def set_parameter(self, name: str, value: str) -> str:
-        new = _param_value(value)
+        new = param_value(value)
         default = self.protocol.parameters[name].quantity()
         if hasattr(default, "dimensionless") and default.dimensionless and isinstance(new, float):
             new = Q_(new, "dimensionless").to(default.units)
@@ -625,39 +631,10 @@ class Run:
             "protocol_time_s": round(self.protocol_time(), 3),
             "steps_run": self.executor.steps_run,
             "waiting_for_crew": crew,
-            "parameters": {k: _param_text(v) for k, v in self.values.params.items()},
+            "parameters": {k: param_text(v) for k, v in self.values.params.items()},
             "cells": {str(k): v for k, v in self.values.cells.items()},
             "telemetry": {k: str(v) for k, v in self.monitor.values().items()},
         }
-
-
-def _limits_for_report(protocol: Protocol) -> dict[str, Any]:
-    """The monitor limits as plain numbers in the unit of their first bound (for reports)."""
-    out: dict[str, Any] = {}
-    for spec in protocol.monitor:
-        for reading, limits in spec.limits.items():
-            unit: str | None = None
-            entry: dict[str, Any] = {}
-            for level in ("yellow", "red"):
-                pair = getattr(limits, level)
-                if pair is None:
-                    entry[level] = None
-                    continue
-                values: list[float | None] = []
-                for bound in pair:
-                    if bound is None:
-                        values.append(None)
-                        continue
-                    q = as_quantity(bound) if isinstance(bound, str) else bound
-                    if hasattr(q, "to"):
-                        unit = unit or f"{q.units:~}"
-                        values.append(float(q.to(unit).magnitude))
-                    else:
-                        values.append(float(q))
-                entry[level] = values
-            entry["unit"] = unit or ""
-            out[f"{spec.device}.{reading}"] = entry
-    return out
 
 
 def _leaves(state: RunState) -> Callable[[RunState], bool]:
@@ -680,74 +657,3 @@ def _real_time() -> float:
 
 def _speed(clock: Clock) -> float:
     return float(getattr(clock, "factor", 1.0))
-
-
-def check_parameter_value(
-    protocol: Protocol, name: str, value: str, state: RunState = RunState.IDLE
-) -> Verdict | None:
-    """None when ``set name=value`` is acceptable in ``state`` (a known parameter, settable now,
-    the right unit, within its limits); else the refusal with its reason code."""
-    spec = protocol.parameters.get(name)
-    if spec is None:
-        known = ", ".join(protocol.parameters) or "none"
-        return Verdict(False, Reason.UNKNOWN_PARAMETER, f"no parameter {name!r} ({known})", state)
-    if state not in (RunState.IDLE, RunState.LOADED) and not spec.settable:
-        return Verdict(False, Reason.NOT_SETTABLE, f"{name} cannot change during a run", state)
-    try:
-        new = _param_value(value)
-        default = spec.quantity()
-    except ValueError as e:
-        return Verdict(False, Reason.BAD_ARGUMENTS, f"{name}: {e}", state)
-    if isinstance(default, bool) != isinstance(new, bool):
-        return Verdict(False, Reason.BAD_ARGUMENTS, f"{name} is yes/no: true or false", state)
-    if isinstance(default, bool):
-        return None
-    unit = getattr(default, "units", None)
-    try:
-        value_in = _in_units_of(new, default)
-    except Exception as e:  # no unit, or pint's dimensionality error
-        want = f"a quantity in {unit:~}" if unit is not None else "a plain number"
-        return Verdict(False, Reason.WRONG_UNIT, f"{name} needs {want}, not {value}: {e}", state)
-    for bound, below in ((spec.min, True), (spec.max, False)):
-        if bound is None:
-            continue
-        limit = _in_units_of(spec.quantity(bound), default)
-        if (value_in < limit) if below else (value_in > limit):
-            return Verdict(
-                False,
-                Reason.OUT_OF_RANGE,
-                f"{name} = {value} is outside [{spec.min}, {spec.max}]",
-                state,
-            )
-    return None
-
-
-def _in_units_of(value: Any, default: Any) -> float:
-    """``value``'s magnitude in ``default``'s unit (a plain number for a dimensionless default
-    is a fraction: 0.7 is 70 %)."""
-    if not hasattr(default, "to"):
-        if hasattr(value, "to"):
-            return float(value.to("dimensionless").magnitude)
-        return float(value)
-    if not hasattr(value, "to"):
-        if not default.dimensionless:
-            raise ValueError("it has no unit")
-        value = Q_(float(value), "dimensionless")
-    return float(value.to(default.units).magnitude)
-
-
-def _param_value(text: str) -> Any:
-    t = text.strip()
-    if t.lower() in ("true", "false", "yes", "no"):
-        return t.lower() in ("true", "yes")
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    return as_quantity(t)
-
-
-def _param_text(value: Any) -> Any:
-    if isinstance(value, bool | float | int):
-        return value
-    return f"{value.magnitude:g} {value.units:~}"
