@@ -117,10 +117,28 @@ def _load(request: RunRequest) -> tuple[LoadedProtocol, StationFile]:
     return loaded, station
 
 
+@dataclass
+class Ran:
+    """What a run request left: the run (closed), the station it ran on and its power budget."""
+
+    outcome: RunOutcome
+    run: Run | None
+    station: StationFile
+    budget: PowerBudget
+
+
 def run_request(
     request: RunRequest, console: Console, *, station: StationFile | None = None
 ) -> tuple[RunOutcome, Run | None]:
     """Validate, then run (or resume) on the chosen devices and clock. Raises UserError."""
+    ran = run_request_full(request, console, station=station)
+    return ran.outcome, ran.run
+
+
+def run_request_full(
+    request: RunRequest, console: Console, *, station: StationFile | None = None
+) -> Ran:
+    """:func:`run_request`, keeping the station and the power budget (for the dry-run figures)."""
     try:
         loaded, found = _load(request)
         station = station or found
@@ -203,9 +221,7 @@ def run_request(
     run = holder[0] if holder else None
     if run is not None:
         run.close()
-        run.budget = budget  # type: ignore[attr-defined]
-        run.station = station  # type: ignore[attr-defined]
-    return outcome, run
+    return Ran(outcome, run, station, budget)
 
 
 def run_main(request: RunRequest, console: Console) -> int:
@@ -213,7 +229,8 @@ def run_main(request: RunRequest, console: Console) -> int:
     Exit 0 completed, 1 aborted or failed, 3 stopped while holding."""
     wall0 = time.monotonic()
     try:
-        outcome, run = run_request(request, console)
+        ran = run_request_full(request, console)
+        outcome, run = ran.outcome, ran.run
     except KeyboardInterrupt:
         console.print(
             f"interrupted: the step in progress was stopped (a pump journaled what it delivered); "
@@ -233,7 +250,7 @@ def run_main(request: RunRequest, console: Console) -> int:
         return 1
     _summary(console, run, outcome, wall)
     if request.dry_run:
-        _dry_run_figures(console, run)
+        _dry_run_figures(console, run, ran.station, ran.budget)
     console.print(f"run directory: {run.run_dir}")
     return 0 if outcome.state is RunState.COMPLETED else 1
 
@@ -259,7 +276,6 @@ def demo_main(run_dir: Path | None, seed: int, quiet: bool, console: Console) ->
         )
     with resources.as_file(example) as path:
         request = RunRequest(protocol=path, run_dir=target, quiet=quiet, auto_crew=True)
-        request.demo_seed = seed  # type: ignore[attr-defined]
         wall0 = time.monotonic()
         outcome, run = run_request(request, console, station=demo_station(seed))
         wall = time.monotonic() - wall0
@@ -318,7 +334,7 @@ def _summary(console: Console, run: Run, outcome: RunOutcome, wall: float) -> No
     console.print(table)
 
 
-def _dry_run_figures(console: Console, run: Run) -> None:
+def _dry_run_figures(console: Console, run: Run, station: StationFile, budget: PowerBudget) -> None:
     plan = estimate_program(run.protocol)
     with Journal.open(run.run_dir) as journal:
         steps = journal.rows("steps")
@@ -344,8 +360,6 @@ def _dry_run_figures(console: Console, run: Run) -> None:
             _dur(got[1] - got[0]) if got else "-",
         )
     console.print(table)
-    budget: PowerBudget = run.budget  # type: ignore[attr-defined]
-    station: StationFile = run.station  # type: ignore[attr-defined]
     tally = ResourceTally(station.allocations, budget=budget)
     for _label, step in run.program.crew_steps():
         tally.add_crew_step(step)  # type: ignore[arg-type]

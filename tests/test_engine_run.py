@@ -1021,3 +1021,22 @@ steps:
     assert all("internal error: ZeroDivisionError" in str(o) for _, o in steps[:2])
     assert steps[2] == ("after", "ok")
     assert "step_skipped" in codes and "protocol_event" in codes
+
+
+@pytest.mark.req("KA-ENG-007")
+def test_dry_run_prints_step_durations_and_the_resources_to_request(tmp_path: Path) -> None:
+    protocol = tmp_path / "three.yaml"
+    protocol.write_text(THREE_DISPENSES, encoding="utf-8")
+    result = CliRunner().invoke(
+        app,
+        ["run", str(protocol), "--dry-run", "--run-dir", str(tmp_path / "dry"), "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "step durations (protocol time)" in out and "resources to request" in out
+    # d1: 40 uL at 20 uL/min is 2 min of protocol time, planned and observed
+    row = next(line for line in out.splitlines() if "│ d1 " in line or line.startswith("│ d1"))
+    assert row.count("2.0 min") >= 4, row
+    assert "peak power" in out and "W" in out and "crew time" in out and "downlink" in out
+    with Journal.open(tmp_path / "dry") as journal:
+        assert _triggers(journal)[-1] == "complete"
