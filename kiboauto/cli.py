@@ -617,7 +617,7 @@ def run(
     Control a running run from another terminal with `kiboauto ctl RUN_DIR ...`. If the process
     dies, `kiboauto resume RUN_DIR` goes on exactly where it stopped (no pump moves twice).
     """
-    from kiboauto.run_cmd import RunRequest, UserError, run_main
+    from kiboauto.run_cmd import RunRequest
 
     if protocol.is_dir():
         request = RunRequest(protocol=None, run_dir=protocol, station=station, resume=True)
@@ -633,10 +633,7 @@ def run(
     request.dry_run = dry_run
     request.auto_crew = auto_crew
     request.quiet = quiet
-    try:
-        raise typer.Exit(run_main(request, out))
-    except UserError as e:
-        raise _fail(str(e), e.code) from None
+    raise typer.Exit(_drive(request))
 
 
 @app.command()
@@ -652,16 +649,13 @@ def resume(
     """Go on with an interrupted run: open actions are settled by asking the devices (a dispense
     still moving is followed, one stopped short completes only its remainder), then the run
     continues from the step it was in, on its own time base."""
-    from kiboauto.run_cmd import RunRequest, UserError, run_main
+    from kiboauto.run_cmd import RunRequest
 
     request = RunRequest(protocol=None, run_dir=run_dir, station=station, resume=True)
     request.speed = speed or "1"
     request.auto_crew = auto_crew
     request.quiet = quiet
-    try:
-        raise typer.Exit(run_main(request, out))
-    except UserError as e:
-        raise _fail(str(e), e.code) from None
+    raise typer.Exit(_drive(request))
 
 
 @app.command()
@@ -713,6 +707,17 @@ def report(
     from kiboauto.engine.report import report_main
 
     raise typer.Exit(report_main(run_dir, out_dir))
+
+
+def _drive(request: Any) -> int:
+    """Run or resume ``request`` (a :class:`kiboauto.run_cmd.RunRequest`); a user mistake is
+    one error line, not a traceback."""
+    from kiboauto.run_cmd import UserError, run_main
+
+    try:
+        return run_main(request, out)
+    except UserError as e:
+        raise _fail(str(e), e.code) from None
 
 
 def _all_simulated(station: Path | None) -> bool:

@@ -162,6 +162,15 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_pending ON outbox(run_id, sent_at);
 """
 
+_INSERT_STEP = (
+    "INSERT INTO steps(id, run_id, step, attempt, started_protocol, started_wall,"
+    " ended_protocol, ended_wall, outcome) VALUES (?,?,?,?,?,?,?,?,?)"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints(run_id, key, value, t_wall) VALUES (?,?,?,?)"
+    " ON CONFLICT(run_id, key) DO UPDATE SET value=excluded.value, t_wall=excluded.t_wall"
+)
+
 _ROW_TABLES = frozenset({"transitions", "commands", "steps", "events", "telemetry", "inspections"})
 
 
@@ -429,28 +438,21 @@ class Journal:
         checkpoints, self._pending_checkpoints = self._pending_checkpoints, {}
         c = self._conn
         try:
-            if not self._group_open:
-                self._set_sync("NORMAL")
-                c.execute("BEGIN IMMEDIATE")
-                self._group_open = True
+            self._open_group()
+            c.executemany(_INSERT_STEP, [(i, *row) for i, row in steps.items()] + done)
             c.executemany(
-                "INSERT INTO steps(id, run_id, step, attempt, started_protocol, started_wall,"
-                " ended_protocol, ended_wall, outcome) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(i, *row) for i, row in steps.items()],
-            )
-            c.executemany(
-                "INSERT INTO steps(id, run_id, step, attempt, started_protocol, started_wall,"
-                " ended_protocol, ended_wall, outcome) VALUES (?,?,?,?,?,?,?,?,?)",
-                done,
-            )
-            c.executemany(
-                "INSERT INTO checkpoints(run_id, key, value, t_wall) VALUES (?,?,?,?)"
-                " ON CONFLICT(run_id, key) DO UPDATE SET value=excluded.value,"
-                " t_wall=excluded.t_wall",
+                _UPSERT_CHECKPOINT,
                 [(self.run_id, k, text, wall) for k, (text, wall) in checkpoints.items()],
             )
         except sqlite3.Error as e:
             raise JournalError(self.path, f"write failed: {e}") from None
+
+    def _open_group(self) -> None:
+        """Begin the group's transaction if it is not open yet (sqlite3 errors propagate)."""
+        if not self._group_open:
+            self._set_sync("NORMAL")
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._group_open = True
 
     def _buffered(self) -> None:
         self._group_count += 1
@@ -495,10 +497,7 @@ class Journal:
 
     def _grouped(self, c: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         try:
-            if not self._group_open:
-                self._set_sync("NORMAL")
-                c.execute("BEGIN IMMEDIATE")
-                self._group_open = True
+            self._open_group()
             c.execute("SAVEPOINT one_write")
         except sqlite3.Error as e:
             raise JournalError(self.path, f"cannot begin a transaction: {e}") from None
@@ -848,12 +847,7 @@ class Journal:
             self._buffered()
             return
         with self._tx(durable=False) as c:
-            c.execute(
-                "INSERT INTO checkpoints(run_id, key, value, t_wall) VALUES (?,?,?,?)"
-                " ON CONFLICT(run_id, key) DO UPDATE SET value=excluded.value,"
-                " t_wall=excluded.t_wall",
-                (self.run_id, key, text, t_wall),
-            )
+            c.execute(_UPSERT_CHECKPOINT, (self.run_id, key, text, t_wall))
 
     def get_checkpoint(self, key: str, default: Any = None) -> Any:
         """A checkpoint's value, or ``default`` when it was never set."""

@@ -20,7 +20,6 @@ import contextlib
 import json
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hil_control import ground_truth
 
 from kiboauto.journal import JOURNAL_NAME
 
@@ -91,18 +91,7 @@ MOVING = {"infusing", "withdrawing", "plunger"}
 
 def _truth(control: str) -> dict[str, Any]:
     host, _, port = control.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(b'{"truth": true}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply = json.loads(data)
-    assert reply["ok"], reply
-    truth: dict[str, Any] = reply["truth"]
-    return truth
+    return ground_truth(host, int(port))
 
 
 def _moving(truth: dict[str, Any]) -> list[str]:

@@ -15,7 +15,6 @@ import json
 import random
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hil_control import ground_truth
 
 WORKER = Path(__file__).with_name("dispense_worker.py")
 KIBOAUTO = [sys.executable, "-m", "kiboauto"]
@@ -60,18 +60,7 @@ def _rig() -> dict[str, Any]:
 
 
 def _truth(control: int) -> dict[str, Any]:
-    with socket.create_connection(("127.0.0.1", control), timeout=10) as conn:
-        conn.sendall(b'{"truth": true}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply = json.loads(data)
-    assert reply["ok"], reply
-    truth: dict[str, Any] = reply["truth"]
-    return truth
+    return ground_truth("127.0.0.1", control)
 
 
 def _worker(
