@@ -41,7 +41,8 @@ class CellFieldOptions:
     a saturated channel wall (0: none, else 0.05..0.25 is realistic) on ``wall_sides`` (1 or 2)
     edges. ``debris``: number of small dark specks (not cells). ``blur_sigma``: out-of-focus
     Gaussian blur (full-resolution pixels, 0: in focus). ``bit_depth`` 16 gives raw counts
-    ``pedestal + gain * level`` (level on the 8-bit scale) with the wall at 65535.
+    ``pedestal + gain * level`` (level on the 8-bit scale) with the wall at 65535. ``noise``:
+    standard deviation of the white sensor noise (8-bit scale, before the gain).
     """
 
     kind: CellKind = "normal"
@@ -53,6 +54,7 @@ class CellFieldOptions:
     bit_depth: Literal[8, 16] = 8
     pedestal: float = 20000.0
     gain: float = 48.0
+    noise: float = 2.5
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def render_cell_field(
     img = np.asarray(cv2.GaussianBlur(img.astype(np.float32), (0, 0), 0.7), np.float32)
     if opt.blur_sigma > 0:
         img = np.asarray(cv2.GaussianBlur(img, (0, 0), float(opt.blur_sigma)), np.float32)
-    img += r.standard_normal(img.shape).astype(np.float32) * 2.5
+    img += r.standard_normal(img.shape).astype(np.float32) * np.float32(opt.noise)
     frac = covered / total if total else 0.0
     cells = mask > 0
     if opt.bit_depth == 16:

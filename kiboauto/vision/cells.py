@@ -1,9 +1,10 @@
 """Confluence: how much of a phase-contrast field's growth surface is covered by cells.
 
 :func:`analyse_field` segments the field (:mod:`kiboauto.vision.cells_field`: saturated channel
-walls excluded, the dark level of 16-bit raw frames subtracted, the background taken from the
-low-texture bright mode as a smooth surface, cells from texture or darkness, holes inside cells
-filled, debris specks dropped) and adds per-field quality flags. :func:`confluence` is its
+walls excluded, the dark level of 16-bit raw frames subtracted, every measure relative to the
+sensor noise, each pixel classified by a small learned model from local contrasts, texture
+energies and a background fitted where no cells are seen, debris specks dropped) and adds
+per-field quality flags. :func:`confluence` is its
 number alone (the engine's ``inspect`` step in confluence mode), :func:`confluence_mask` its mask.
 
 **Definition**: the confluence is the fraction of the *growth surface* covered by cells, i.e.
