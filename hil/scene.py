@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -34,6 +34,15 @@ from .scene_crystals import (
     line_in_um,
     polygon_area_centroid,
     union_outline,
+)
+from .scene_imagers import (
+    draw_channel_and_droplets,
+    draw_wall_well_and_drop,
+    droplet_habit,
+    place_crystal,
+    plan_droplets,
+    plan_wall_drop,
+    uv_image,
 )
 from .scene_layers import (
     Geometry,
@@ -53,6 +62,7 @@ from .scene_layers import (
 __all__ = [
     "DROP_CLASSES",
     "HABITS",
+    "LIGHTS",
     "OTHER_KINDS",
     "CrystalTruth",
     "DropClass",
@@ -66,7 +76,10 @@ __all__ = [
 DropClass = Literal["crystals", "precipitate", "clear", "other"]
 DROP_CLASSES: tuple[DropClass, ...] = ("crystals", "precipitate", "clear", "other")
 #: what an "other" drop shows instead of crystals or precipitate
-WELL_SHAPES = ("round", "square", "none")
+WELL_SHAPES = ("round", "square", "none", "droplets")
+#: "bright": transmitted white light (with ``colour``: between crossed polarisers); "uv":
+#: tryptophan fluorescence under UV excitation (grey, dark field, protein glows)
+LIGHTS = ("bright", "uv")
 OTHER_KINDS = ("skin", "fibres", "dried", "phase")
 #: a drop with at least this many fibres counts as "other" (fewer: still "clear")
 FIBRE_TANGLE = 5
@@ -110,9 +123,16 @@ class SceneTruth:
     drop_polygon_px: list[tuple[float, float]]
     distractors: dict[str, int]
     other: str | None = None
+    # only with the options that make them (empty otherwise, and then left out of to_dict()):
+    salt_crystals: list[CrystalTruth] = field(default_factory=list)  # ``salt_crystals``
+    droplets_px: list[list[tuple[float, float]]] = field(default_factory=list)  # a droplet chip
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for key in ("salt_crystals", "droplets_px"):
+            if not out[key]:
+                del out[key]
+        return out
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,11 @@ class SceneSpec:
     well_shape: str = "round"  # "round", "square" (a sub-well, half side = the radius) or "none"
     well_zoom: float = 1.0  # > 1: well and drop this much larger, the well clipped by the frame
     drop_edge_soft: float = 0.0  # > 0: a broad shaded drop edge this fraction of its radius wide
+    # more real imagers (hil/scene_imagers.py; all off by default, and then they draw nothing):
+    droplets: int | None = None  # well_shape "droplets": how many droplets (None: 1-4, drawn)
+    drop_meets_wall: bool = False  # well_shape "square": the drop fills a corner (VMXi-like)
+    light: str = "bright"  # one of LIGHTS; "uv" gives a grey image (colour must be False)
+    salt_crystals: int = 0  # salt crystals in the drop: crystals in bright field, dark in UV
 
     def __post_init__(self) -> None:
         if not (64 <= self.width <= 8192 and 64 <= self.height <= 8192):
@@ -182,6 +207,18 @@ class SceneSpec:
             raise ValueError("well_zoom must be 0.5..4")
         if not 0.0 <= self.drop_edge_soft <= 0.6:
             raise ValueError("drop_edge_soft must be 0..0.6")
+        if self.droplets is not None and not (
+            self.well_shape == "droplets" and 1 <= self.droplets <= 8
+        ):
+            raise ValueError("droplets must be 1..8, with well_shape 'droplets'")
+        if self.drop_meets_wall and self.well_shape != "square":
+            raise ValueError("drop_meets_wall needs well_shape 'square'")
+        if self.light not in LIGHTS:
+            raise ValueError(f"light must be one of {LIGHTS}")
+        if self.light == "uv" and self.colour:
+            raise ValueError("light 'uv' gives a grey image: colour must be False")
+        if not 0 <= self.salt_crystals <= 20:
+            raise ValueError("salt_crystals must be 0..20")
 
 
 # -- resolving the spec ---------------------------------------------------------------------------
@@ -215,6 +252,9 @@ def _content(spec: SceneSpec) -> _Content:
         n, p, bubbles = 0, 0.0, int(counts[2]) % 3
         skin = other == "skin"
         fibres = FIBRE_TANGLE + int(counts[3]) % 8 if other == "fibres" else int(counts[3]) % 2
+    if cls == "crystals" and spec.drop_meets_wall:
+        # VMXi-like drops: many crystals, a crust of them along the meniscus (own stream: 111)
+        n = int(stream(spec.seed, 111).integers(VMXI_CRYSTALS[0], VMXI_CRYSTALS[1] + 1))
     if spec.crystal_sizes_um is not None:
         n = len(spec.crystal_sizes_um)
     elif spec.crystals is not None:
@@ -230,6 +270,12 @@ def _content(spec: SceneSpec) -> _Content:
 
 
 # -- crystals ----------------------------------------------------------------------------------
+VMXI_CRYSTALS = (6, 25)
+"""How many crystals a VMXi-like drop (``drop_meets_wall``) of class ``crystals`` holds."""
+VMXI_SIZE_FRACTION = (0.03, 0.15)
+"""Their lengths as fractions of the drop's width (log-uniform), unless ``crystal_sizes_um``."""
+
+
 @dataclass
 class _Crystal:
     index: int
@@ -249,13 +295,23 @@ def _plan_crystals(spec: SceneSpec, geo: Geometry, n: int) -> list[_Crystal]:
     cap_px = 0.9 * geo.drop_rmin  # no crystal longer than this: it must fit in the drop
     out: list[_Crystal] = []
     taken: list[tuple[float, float, float]] = []
+    drop_w = float(np.ptp(geo.drop_poly, axis=0).mean())
+    gap = 0.8 if spec.drop_meets_wall else 1.05  # VMXi-like: crystals may touch and overlap
     for i in range(n):
         cr = stream(spec.seed, 101, i)
         habit = str(spec.habits[int(cr.integers(0, len(spec.habits)))])
+        if spec.well_shape == "droplets":
+            habit = droplet_habit(spec, i, habit)
+        if spec.drop_meets_wall:
+            habit = _vmxi_habit(spec, i, habit)
         if habits_given is not None and i < len(habits_given):
             habit = habits_given[i]
         drawn = float(cr.uniform(*spec.size_range_um))
         size = drawn
+        if spec.drop_meets_wall:  # lengths scale with the drop, as in VMXi frames (stream 112)
+            lo, hi = (math.log(f) for f in VMXI_SIZE_FRACTION)
+            frac = math.exp(float(stream(spec.seed, 112, i).uniform(lo, hi)))
+            size = frac * drop_w * spec.um_per_px
         if spec.crystal_sizes_um is not None:
             size = float(spec.crystal_sizes_um[i])
         room_um = size
@@ -266,19 +322,61 @@ def _plan_crystals(spec: SceneSpec, geo: Geometry, n: int) -> list[_Crystal]:
         body = float(cr.uniform(0.82, 1.0))
         biref = float(cr.uniform(0.003, 0.012))
         phase = float(cr.uniform(0, math.pi))
-        spot: tuple[float, float] | None = None
-        room = max(0.0, 0.97 * geo.drop_rmin - place_r)
-        for _try in range(60):
-            d = room * math.sqrt(cr.uniform(0, 1))
-            a = cr.uniform(0, 2 * math.pi)
-            x, y = geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)
-            if all(math.hypot(x - tx, y - ty) > 1.05 * (place_r + tr) for tx, ty, tr in taken):
-                spot = (x, y)
-                break
+        spot = _spot(spec, geo, cr, place_r, taken, members, gap)
         if spot is None:
             continue  # no room left in the drop: this crystal does not exist
         taken.append((spot[0], spot[1], place_r))
         out.append(_Crystal(i, habit, spot, place_r, size, members, body, biref, phase))
+    return out
+
+
+def _vmxi_habit(spec: SceneSpec, index: int, habit: str) -> str:
+    """Crystals in VMXi-like drops are mostly blocks, as in real VMXi frames: a needle or cluster
+    drawn from ``spec.habits`` becomes a plate or a cube seven times in ten (own stream: 113)."""
+    if habit in ("plate", "cube"):
+        return habit
+    r = stream(spec.seed, 113, index)
+    return ("plate", "cube")[int(r.integers(0, 2))] if r.uniform() < 0.7 else habit
+
+
+def _spot(
+    spec: SceneSpec, geo: Geometry, cr: np.random.Generator, place_r: float,
+    taken: list[tuple[float, float, float]], members: list[Any], gap: float = 1.05,
+) -> tuple[float, float] | None:  # fmt: skip
+    """A free place for a crystal in the drop (60 tries), or None: its disc of ``place_r`` in the
+    drop's disc, or (other geometries) its outline at the size of its room in the drop."""
+    if geo.placement != "disc":
+        unit = np.vstack([m.vertices[:, :2] for m in members])
+        outline = hull(unit * (place_r / 0.72))
+        return place_crystal(spec, geo, cr, place_r, outline, taken, gap, gap < 1.0)
+    room = max(0.0, 0.97 * geo.drop_rmin - place_r)
+    for _try in range(60):
+        d = room * math.sqrt(cr.uniform(0, 1))
+        a = cr.uniform(0, 2 * math.pi)
+        x, y = geo.drop_c[0] + d * math.cos(a), geo.drop_c[1] + d * math.sin(a)
+        if all(math.hypot(x - tx, y - ty) > 1.05 * (place_r + tr) for tx, ty, tr in taken):
+            return x, y
+    return None
+
+
+def _plan_salt(spec: SceneSpec, geo: Geometry, crystals: list[_Crystal]) -> list[_Crystal]:
+    """``spec.salt_crystals`` salt crystals (cubes and square plates, 20-80 um, own streams
+    ``(seed, 102, i)``), clear of the protein crystals and of each other."""
+    taken = [(c.centre[0], c.centre[1], c.place_r) for c in crystals]
+    out: list[_Crystal] = []
+    cap_px = 0.9 * geo.drop_rmin
+    for i in range(spec.salt_crystals):
+        sr = stream(spec.seed, 102, i)
+        habit = "cube" if sr.uniform() < 0.7 else "plate"
+        size = float(sr.uniform(20.0, 80.0))
+        place_r = 0.72 * min(size / spec.um_per_px, cap_px)
+        members = build_crystal(habit, sr)
+        body = float(sr.uniform(0.82, 1.0))
+        spot = _spot(spec, geo, sr, place_r, taken, members)
+        if spot is None:
+            continue
+        taken.append((spot[0], spot[1], place_r))
+        out.append(_Crystal(i, habit, spot, place_r, size, members, body, 0.0, 0.0))
     return out
 
 
@@ -290,9 +388,21 @@ def _interference_bgr(retardation_nm: float) -> tuple[float, float, float]:
 
 
 def _draw_crystals(
-    spec: SceneSpec, crystals: list[_Crystal], layer: F32, colour: F32 | None, min_length_px: float
+    spec: SceneSpec,
+    crystals: list[_Crystal],
+    layer: F32,
+    colour: F32 | None,
+    min_length_px: float,
+    transparent: bool = False,
+    bold: bool = False,
 ) -> list[CrystalTruth]:
+    """Draw the crystals into ``layer`` and return their truth. ``transparent`` (VMXi-like
+    drops): clear crystals (``draw_member``) with a fainter outline, laid over what is under
+    them (multiplied) instead of replacing it; ``bold`` (with it: protein crystals in VMXi-like
+    drops): bright faces, a wide, strongly dark outline and dark facet edges, as in real VMXi
+    frames."""
     truths: list[CrystalTruth] = []
+    target = np.ones_like(layer) if transparent and crystals else layer
     for c in crystals:
         # the projected outline lies within 0.71 x length of the centre: place_r keeps it apart
         length_px = min(c.size_um / spec.um_per_px, c.place_r / 0.72)
@@ -302,6 +412,8 @@ def _draw_crystals(
         # (short side), as fine details do
         scale = detail_scale(min(spec.width, spec.height))
         ref_px = max(1, round(length_px / scale / 60))
+        if bold:
+            ref_px = max(2, round(length_px / scale / 30))
         line_px, line_gain = line_in_um(ref_px, scale)
         ridge = line_in_um(max(1, ref_px // 2), scale)
         hulls: list[F64] = []
@@ -309,14 +421,16 @@ def _draw_crystals(
         for m in members:
             v = m.vertices * length_px
             v = v + np.array([c.centre[0], c.centre[1], 0.0])
-            draw_member(layer, v, m.faces, c.body, line_px, ridge)
+            draw_member(target, v, m.faces, c.body, line_px, ridge, transparent, bold)
             hulls.append(hull(v[:, :2]))
         outline = hulls[0] if len(hulls) == 1 else union_outline(hulls)
         q = np.round(outline * 16).astype(np.int32)
-        dark = 0.18 * c.body
+        dark = 0.18 * c.body if not transparent else 0.3 + 0.2 * c.body
+        if bold:
+            dark = 0.1 + 0.1 * c.body
         if line_gain != 1.0:  # a wider line, as much darker in all than the reference line
             dark = 1.0 - (1.0 - dark) * line_gain
-        cv2.polylines(layer, [q], True, dark, line_px, cv2.LINE_AA, shift=4)
+        cv2.polylines(target, [q], True, dark, line_px, cv2.LINE_AA, shift=4)
         if colour is not None:
             thickness_um = length_px * spec.um_per_px * (0.15 if c.habit == "plate" else 0.4)
             tint = _interference_bgr(thickness_um * c.birefringence * 1000.0)
@@ -341,6 +455,8 @@ def _draw_crystals(
                 size_um=length_px * spec.um_per_px,
             )
         )
+    if target is not layer:
+        layer *= target
     return truths
 
 
@@ -384,23 +500,35 @@ def _optics(spec: SceneSpec, min_length_px: float) -> tuple[F32, SceneTruth]:
     if key is not None and cached is not None:
         # the same cell again (a growth camera): only the crystals differ from last time
         _STATIC.move_to_end(key)
-        c_content, c_geo, c_light, c_trans, c_distractors, c_particles, c_clouds = cached
+        c_content, c_geo, c_light, c_trans, c_distractors, c_particles, c_clouds, c_uv = cached
+        planned = _plan_crystals(spec, c_geo, c_content.n_crystals)
         return _finish(
             spec,
             c_geo,
             c_content,
             c_light,
             c_trans.copy(),
-            _plan_crystals(spec, c_geo, c_content.n_crystals),
+            planned,
+            _plan_salt(spec, c_geo, planned),
             dict(c_distractors),
             c_particles,
             c_clouds,
             min_length_px,
+            c_uv,
         )
     content = _content(spec)
     geo = plan_geometry(spec)
+    if spec.drop_meets_wall:
+        geo = plan_wall_drop(spec, geo)
+    elif spec.well_shape == "droplets":
+        geo = plan_droplets(spec, geo)
     light = illumination_field(spec, geo)
-    trans, mask = draw_well_and_drop(spec, geo, stream(spec.seed, 2))
+    if spec.drop_meets_wall:
+        trans, mask = draw_wall_well_and_drop(spec, geo)
+    elif spec.well_shape == "droplets":
+        trans, mask = draw_channel_and_droplets(spec, geo)
+    else:
+        trans, mask = draw_well_and_drop(spec, geo, stream(spec.seed, 2))
     distractors: dict[str, int] = {
         "bubbles": 0, "fibres": 0, "skin": 0, "precipitate_particles": 0,
         "precipitate_clouds": 0, "oil_droplets": 0, "cracks": 0,
@@ -410,26 +538,35 @@ def _optics(spec: SceneSpec, min_length_px: float) -> tuple[F32, SceneTruth]:
     if content.skin:
         draw_skin(spec, stream(spec.seed, 4), mask, trans)
         distractors["skin"] = 1
+    before = trans.copy() if spec.light == "uv" else None
     particles, clouds = draw_precipitate(
         spec, stream(spec.seed, 5), mask, geo, content.precipitate, trans
     )
+    uv: tuple[Any, F32] | None = None
+    if before is not None:  # how much protein (precipitate) there is, for its faint UV glow
+        protein = np.clip(1.0 - trans / np.maximum(before, 1e-6), 0.0, 1.0).astype(np.float32)
+        uv = (mask, protein)
     distractors["precipitate_particles"], distractors["precipitate_clouds"] = particles, clouds
     if content.other == "phase":
         distractors["oil_droplets"] = draw_oil(stream(spec.seed, 6), geo, trans, short)
     draw_fibres(stream(spec.seed, 7), geo, content.fibres, trans, short)
     distractors["fibres"] = content.fibres
     planned = _plan_crystals(spec, geo, content.n_crystals)
-    avoid = [(c.centre[0], c.centre[1], c.place_r) for c in planned]
+    salt = _plan_salt(spec, geo, planned)
+    avoid = [(c.centre[0], c.centre[1], c.place_r) for c in (*planned, *salt)]
     distractors["bubbles"] = draw_bubbles(
         stream(spec.seed, 8), geo, content.bubbles, avoid, trans, short
     )
+    if spec.well_shape == "droplets":
+        distractors["droplets"] = len(geo.droplets)
     if key is not None:
-        _STATIC[key] = (content, geo, light, trans.copy(), dict(distractors), particles, clouds)
+        _STATIC[key] = (content, geo, light, trans.copy(), dict(distractors), particles, clouds, uv)
         while len(_STATIC) > _STATIC_SIZE:
             _STATIC.popitem(last=False)
     return _finish(
-        spec, geo, content, light, trans, planned, distractors, particles, clouds, min_length_px
-    )
+        spec, geo, content, light, trans, planned, salt, distractors, particles, clouds,
+        min_length_px, uv,
+    )  # fmt: skip
 
 
 def _static_key(spec: SceneSpec) -> SceneSpec | None:
@@ -447,21 +584,32 @@ _STATIC: OrderedDict[SceneSpec, tuple[Any, ...]] = OrderedDict()
 
 def _finish(
     spec: SceneSpec,
-    geo: Any,
-    content: Any,
+    geo: Geometry,
+    content: _Content,
     light: F32,
     trans: F32,
-    planned: Any,
+    planned: list[_Crystal],
+    salt: list[_Crystal],
     distractors: dict[str, int],
     particles: int,
     clouds: int,
     min_length_px: float,
+    uv: tuple[Any, F32] | None,
 ) -> tuple[F32, SceneTruth]:
     w, h = spec.width, spec.height
     colour = np.ones((h, w, 3), np.float32) if spec.colour else None
-    truths = _draw_crystals(spec, planned, trans, colour, min_length_px)
-
-    img = light * trans
+    # salt is isotropic (cubic): no interference colour between crossed polarisers
+    salt_truths = _draw_crystals(spec, salt, trans, None, min_length_px, spec.drop_meets_wall)
+    if spec.salt_crystals:
+        distractors["salt_crystals"] = len(salt_truths)
+    if uv is not None:  # crystals glow: drawn on black, not into the transmission
+        emission = np.zeros_like(trans)
+        truths = _draw_crystals(spec, planned, emission, None, min_length_px)
+        img = uv_image(spec, light, trans, uv[0], uv[1], emission)
+    else:
+        wall = spec.drop_meets_wall
+        truths = _draw_crystals(spec, planned, trans, colour, min_length_px, wall, wall)
+        img = light * trans
     if spec.blur_px > 0:
         img = np.asarray(cv2.GaussianBlur(img, (0, 0), spec.blur_px), dtype=np.float32)
     if colour is not None:
@@ -471,17 +619,18 @@ def _finish(
         img = img[..., None] * white * colour
 
     drop_class: DropClass
+    odd = content.skin or content.other in ("dried", "phase") or content.fibres >= FIBRE_TANGLE
     if truths:
         drop_class = "crystals"
     elif particles > 0 or clouds > 0:
         drop_class = "precipitate"
-    elif content.skin or content.other in ("dried", "phase") or content.fibres >= FIBRE_TANGLE:
+    elif odd or salt_truths:  # salt crystals alone: not protein, not precipitate, not clear
         drop_class = "other"
     else:
         drop_class = "clear"
     other = None
     if drop_class == "other":
-        other = content.other or ("skin" if content.skin else "fibres")
+        other = (content.other or ("skin" if content.skin else "fibres")) if odd else "salt"
     truth = SceneTruth(
         drop_class=drop_class,
         crystals=truths,
@@ -491,8 +640,10 @@ def _finish(
         drop_polygon_px=[(float(x), float(y)) for x, y in geo.drop_poly],
         distractors=distractors,
         other=other,
+        salt_crystals=salt_truths,
+        droplets_px=[[(float(x), float(y)) for x, y in p] for p in geo.droplets],
     )
-    return cast(F32, img), truth
+    return img, truth
 
 
 def _sensor(spec: SceneSpec, optical: F32) -> npt.NDArray[Any]:
@@ -520,24 +671,24 @@ def _coarser_truth(truth: SceneTruth, k: int, um_per_px: float) -> SceneTruth:
     def pt(x: float, y: float) -> tuple[float, float]:
         return ((x + 0.5) / k - 0.5, (y + 0.5) / k - 0.5)
 
-    crystals = []
-    for c in truth.crystals:
+    def crystal(c: CrystalTruth) -> CrystalTruth:
         poly = [pt(x, y) for x, y in c.polygon_px]
         arr = np.asarray(poly)
         x0, y0 = (math.floor(v) for v in arr.min(axis=0))
         x1, y1 = (math.ceil(v) for v in arr.max(axis=0))
-        crystals.append(
-            replace(
-                c,
-                centroid_px=pt(*c.centroid_px),
-                bbox_px=(x0, y0, x1 - x0 + 1, y1 - y0 + 1),
-                area_px=c.area_px / (k * k),
-                polygon_px=poly,
-            )
+        return replace(
+            c,
+            centroid_px=pt(*c.centroid_px),
+            bbox_px=(x0, y0, x1 - x0 + 1, y1 - y0 + 1),
+            area_px=c.area_px / (k * k),
+            polygon_px=poly,
         )
+
     return replace(
         truth,
-        crystals=crystals,
+        crystals=[crystal(c) for c in truth.crystals],
+        salt_crystals=[crystal(c) for c in truth.salt_crystals],
+        droplets_px=[[pt(x, y) for x, y in p] for p in truth.droplets_px],
         um_per_px=um_per_px,
         well_center_px=pt(*truth.well_center_px),
         well_radius_px=truth.well_radius_px / k,

@@ -244,6 +244,8 @@ def draw_member(
     body: float,
     line_px: int,
     ridge: tuple[int, float] | None = None,
+    transparent: bool = False,
+    bold: bool = False,
 ) -> None:
     """Draw one convex body into ``layer`` (a transmission factor): shaded faces, then ridges.
 
@@ -251,6 +253,11 @@ def draw_member(
     whose outward normal points towards the camera (z > 0) tile the body's projected outline.
     ``ridge``: (width px, gain) of the facet edges, by default (``line_px`` // 2, 1); a gain
     below 1 moves each edge's value that part of the way from its facet's value.
+    ``transparent``: a large clear crystal (VMXi-like drops): faces near 1 (the face towards the
+    camera a little brighter than the drop, tilted ones a little darker), facet edges faintly
+    darker than their face. ``bold`` (with ``transparent``; protein crystals in VMXi-like drops,
+    as in real VMXi frames): faces at or a little above the drop's level, facet edges strongly
+    dark (a third of their face's value).
     """
     centre = vertices_px.mean(axis=0)
     visible: list[tuple[list[int], float]] = []
@@ -266,7 +273,12 @@ def draw_member(
         if n[2] <= 1e-6:
             continue
         lit = float(np.dot(n, LIGHT))
-        value = body * (0.3 + 0.5 * float(n[2]) ** 2 + 0.3 * lit)
+        if transparent and bold:
+            value = (0.94 + 0.08 * float(n[2]) ** 2 + 0.06 * lit) * (0.96 + 0.04 * body)
+        elif transparent:
+            value = (0.72 + 0.28 * float(n[2]) ** 2 + 0.12 * lit) * (0.92 + 0.08 * body)
+        else:
+            value = body * (0.3 + 0.5 * float(n[2]) ** 2 + 0.3 * lit)
         visible.append((face, value))
         pts = np.round(p[:, :2] * 16).astype(np.int32)
         cv2.fillConvexPoly(layer, pts, float(value), cv2.LINE_AA, shift=4)
@@ -274,7 +286,12 @@ def draw_member(
     width, gain = ridge if ridge is not None else (max(1, line_px // 2), 1.0)
     for face, value in visible:
         p = np.round(vertices_px[face][:, :2] * 16).astype(np.int32)
-        edge = min(1.4, value * 1.3) if value > body * 0.8 else value * 0.7
+        if transparent and bold:
+            edge = value * 0.33
+        elif transparent:
+            edge = value * 0.82
+        else:
+            edge = min(1.4, value * 1.3) if value > body * 0.8 else value * 0.7
         if gain != 1.0:
             edge = value + (edge - value) * gain
         cv2.polylines(layer, [p], True, float(edge), width, cv2.LINE_AA, shift=4)

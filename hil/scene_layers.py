@@ -8,7 +8,7 @@ stream, so layers never shift each other's draws. Used by :func:`hil.scene.rende
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import cv2
@@ -60,6 +60,14 @@ class Geometry:
     drop_poly: F64
     drop_rmin: float
     light_angle: float
+    # real-imager geometry (hil/scene_imagers.py); the defaults are the round drop in its well.
+    # placement: "disc" (crystals in the disc of drop_rmin around drop_c), "polygon" (anywhere
+    # in drop_poly), "meniscus" (mostly along ``free_edge``, the drop's edge away from the walls)
+    placement: str = "disc"
+    free_edge: F64 | None = None
+    meniscus_px: float = 0.0  # width of the shaded meniscus band along ``free_edge``
+    droplets: list[F64] = field(default_factory=list)  # every droplet of a chip, the drop first
+    channel_angle: float = 0.0  # a chip's channel direction (radians from +x towards +y)
 
 
 def plan_geometry(spec: SceneSpec) -> Geometry:
@@ -267,6 +275,8 @@ def draw_bubbles(
         avoid.append((cx, cy, rad))
         x0, x1 = max(0, int(cx - rad - 3)), min(w, int(cx + rad + 4))
         y0, y1 = max(0, int(cy - rad - 3)), min(h, int(cy + rad + 4))
+        if x1 <= x0 or y1 <= y0:
+            continue  # (a drop whose centre lies off the frame) out of sight
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         dist = np.hypot(xx - cx, yy - cy)
         hx, hy = cx - 0.25 * rad, cy - 0.25 * rad

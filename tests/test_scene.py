@@ -517,3 +517,278 @@ def test_small_crystal_outlines_keep_their_darkness_on_large_frames() -> None:
             ratios.append(dark_big / dark_ref)
     assert len(ratios) == 9
     assert 0.75 < float(np.median(ratios)) < 1.25, ratios
+
+
+# ---------------------------------------------------------------------------------------------
+# more real imagers: microfluidic droplets, UV fluorescence, a VMXi-like drop meeting the wall
+# ---------------------------------------------------------------------------------------------
+#: sha256 (first 16 hex digits) of the image bytes / of the truth's JSON, rendered by the code
+#: before these options existed (numpy 2.4.6, OpenCV 5.1.0): default specs must not change
+_DEFAULT_HASHES = {
+    "rand0": "cd813269cdf451b4/9adc3424b47504dd",
+    "rand1": "68f33e91b6e342ac/5be60d2e701672f5",
+    "rand2": "e8994f3c98e2dd4c/4193997d58507bdf",
+    "rand3": "7a1910355509a5d1/e6de7f6ff2155c83",
+    "default_small": "9c0561c741e8df08/3557b5c34c99d2c5",
+    "square": "281590960762824c/b8523d9e7e07aee6",
+    "none": "2661845b5f2ae998/d20474e330cce027",
+    "soft": "469e311543564505/b8523d9e7e07aee6",
+    "growth": "bd8b9aa1d89c1422/81e477b60ad80985",
+}
+
+
+def _hash(spec: SceneSpec) -> str:
+    import hashlib
+
+    img, truth = render(spec)
+    image = hashlib.sha256(img.tobytes()).hexdigest()[:16]
+    return image + "/" + hashlib.sha256(json.dumps(truth.to_dict()).encode()).hexdigest()[:16]
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_default_specs_render_as_before_the_new_imager_options() -> None:
+    """The new options default off and draw from random streams of their own, so every spec
+    that does not ask for them renders bit for bit as before (trained models depend on it)."""
+    if (np.__version__, cv2.__version__) != ("2.4.6", "5.1.0"):
+        pytest.skip("the reference hashes were rendered with numpy 2.4.6 and OpenCV 5.1.0")
+    specs = {f"rand{s}": random_spec(s, width=320, height=240) for s in range(4)}
+    specs |= {
+        "default_small": SceneSpec(seed=3, crystals=4, **SMALL),
+        "square": SceneSpec(seed=4, well_shape="square", **SMALL),
+        "none": SceneSpec(seed=4, well_shape="none", well_zoom=1.6, **SMALL),
+        "soft": SceneSpec(seed=4, drop_edge_soft=0.35, colour=True, **SMALL),
+        "growth": SceneSpec(
+            seed=6, crystal_sizes_um=(50.0, 0.0, 80.0), crystal_max_um=(100.0,) * 3, **SMALL
+        ),
+    }
+    got = {name: _hash(spec) for name, spec in specs.items()}
+    assert got == _DEFAULT_HASHES
+    # and the new options, asked for with their default values, are the same spec
+    explicit = replace(specs["default_small"], droplets=None, drop_meets_wall=False,
+                       light="bright", salt_crystals=0)  # fmt: skip
+    assert _hash(explicit) == _DEFAULT_HASHES["default_small"]
+    assert "salt_crystals" not in render(specs["rand0"])[1].to_dict()
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_new_imager_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="drop_meets_wall"):
+        SceneSpec(drop_meets_wall=True)  # needs the square sub-well
+    with pytest.raises(ValueError, match="droplets"):
+        SceneSpec(droplets=2)  # needs well_shape "droplets"
+    with pytest.raises(ValueError, match="colour"):
+        SceneSpec(light="uv", colour=True)  # a UV image is grey
+    with pytest.raises(ValueError, match="light"):
+        SceneSpec(light="infrared")
+
+
+def _line_fit(points: list[tuple[float, float]]) -> tuple[npt.NDArray[np.float64], float]:
+    """Unit normal and offset of the least-squares line through ``points``."""
+    p = np.asarray(points, dtype=np.float64)
+    c = p.mean(axis=0)
+    _, vecs = np.linalg.eigh(np.cov((p - c).T))
+    normal = vecs[:, 0]  # the smaller spread's direction: across the line
+    return normal, float(normal @ c)
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_microfluidic_droplets_lie_in_the_channel_and_hold_the_crystals() -> None:
+    spec = SceneSpec(seed=7, well_shape="droplets", droplets=3, crystals=4, precipitate=0.0,
+                     bubbles=0, fibres=0, noise=0.0, width=640, height=480,
+                     um_per_px=3.0)  # fmt: skip
+    img, truth = render(spec)
+    assert truth.drop_class == "crystals" and truth.crystals
+    assert len(truth.droplets_px) == 3 == truth.distractors["droplets"]
+    assert truth.droplets_px[0] == truth.drop_polygon_px  # the drop is the droplet with crystals
+    _check_crystal_truth(truth)  # every crystal inside that droplet
+    assert {c.habit for c in truth.crystals} <= {"needle", "cube", "plate", "cluster"}
+    # the droplets follow the channel's axis and stay inside it, apart from each other
+    centres = [tuple(np.mean(p, axis=0)) for p in truth.droplets_px]
+    normal, offset = _line_fit(centres)
+    for poly in truth.droplets_px:
+        across = np.abs(np.asarray(poly) @ normal - offset)
+        assert across.max() < truth.well_radius_px
+    for i, a in enumerate(truth.droplets_px):
+        for b in truth.droplets_px[i + 1 :]:
+            assert all(_inside(a, p) < 0 for p in b)
+    # the picture: dark channel walls beyond well_radius_px, a dark ring inside the drop's edge
+    cx, cy = truth.well_center_px
+    ys, xs = np.mgrid[0:480, 0:640]
+    across = np.abs((xs - cx) * normal[0] + (ys - cy) * normal[1])
+    oil = across < 0.95 * truth.well_radius_px
+    drop = np.zeros(img.shape, np.uint8)
+    cv2.fillPoly(drop, [np.round(np.array(truth.drop_polygon_px)).astype(np.int32)], 255)
+    for poly in truth.droplets_px:
+        cv2.fillPoly(oil.view(np.uint8), [np.round(np.array(poly)).astype(np.int32)], 0)
+    wall = (across > truth.well_radius_px + 3) & (across < truth.well_radius_px + 9)
+    oil_level = float(np.median(img[oil]))
+    assert float(np.median(img[wall])) < 0.5 * oil_level
+    ring = (drop > 0) & (cv2.erode(drop, np.ones((7, 7), np.uint8)) == 0)
+    core = cv2.erode(drop, np.ones((61, 61), np.uint8)) > 0
+    assert float(np.median(img[ring])) < 0.6 * float(np.median(img[core]))
+    # in colour and on an oversampled small frame it renders too, with the truth in its pixels
+    small = replace(random_spec(7, drop_class="crystals", width=320, height=240),
+                    well_shape="droplets", colour=True)  # fmt: skip
+    img2, truth2 = render(small)
+    assert img2.shape == (240, 320, 3) and small.oversample == 4
+    _check_crystal_truth(truth2)
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_uv_light_makes_protein_crystals_bright_and_salt_and_dust_dark() -> None:
+    base: dict[str, Any] = {"seed": 12, "crystals": 4, "salt_crystals": 3, "fibres": 4,
+                            "bubbles": 1, "precipitate": 0.0, "noise": 1.0, "width": 640,
+                            "height": 480, "um_per_px": 3.0}  # fmt: skip
+    img, truth = render(SceneSpec(light="uv", **base))
+    bright, t_bright = render(SceneSpec(**base))
+    # the same scene: only the light differs
+    assert truth.crystals == t_bright.crystals and truth.salt_crystals == t_bright.salt_crystals
+    assert len(truth.crystals) >= 2 and len(truth.salt_crystals) >= 2
+    drop = np.zeros(img.shape, np.uint8)
+    cv2.fillPoly(drop, [np.round(np.array(truth.drop_polygon_px)).astype(np.int32)], 255)
+    things = np.zeros(img.shape, np.uint8)
+
+    def fill(c: Any, into: npt.NDArray[np.uint8]) -> None:
+        cv2.fillPoly(into, [np.round(np.array(c.polygon_px)).astype(np.int32)], 255)
+
+    for c in [*truth.crystals, *truth.salt_crystals]:
+        fill(c, things)
+    drop_level = float(np.median(img[(drop > 0) & (cv2.dilate(things, np.ones((9, 9))) == 0)]))
+    outside = cv2.dilate(drop, np.ones((41, 41), np.uint8)) == 0
+    assert float(np.median(img[outside])) < drop_level < 0.15 * 255  # dark field, drop faint
+    for c in truth.crystals:  # protein fluoresces: far brighter than what is around it
+        own = np.zeros(img.shape, np.uint8)
+        fill(c, own)
+        inner = cv2.erode(own, np.ones((3, 3), np.uint8)) > 0
+        assert float(img[inner].mean()) > 2.5 * drop_level + 20, c.id
+    for c in truth.salt_crystals:  # salt does not: no brighter than the drop
+        own = np.zeros(img.shape, np.uint8)
+        fill(c, own)
+        assert float(img[own > 0].mean()) <= drop_level + 2, c.id
+        # while in bright field it shows like a crystal (darker outline on a bright drop)
+        assert float(bright[own > 0].min()) < 0.6 * float(np.median(bright[drop > 0]))
+    # nothing but the crystals (and their halo) is bright: not dust, bubbles or salt
+    protein = np.zeros(img.shape, np.uint8)
+    for c in truth.crystals:
+        fill(c, protein)
+    halo = cv2.dilate(protein, np.ones((9, 9), np.uint8))
+    assert not ((img > 3 * drop_level + 20) & (halo == 0)).any()
+    # salt alone is not a crystal drop
+    _, salty = render(SceneSpec(seed=12, drop_class="clear", salt_crystals=2, **SMALL))
+    assert salty.drop_class == "other" and salty.other == "salt" and salty.salt_crystals
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_vmxi_drop_meets_two_walls_with_crystals_along_its_meniscus() -> None:
+    from kiboauto.hil.scene_imagers import plan_wall_drop
+    from kiboauto.hil.scene_layers import plan_geometry
+
+    spec = SceneSpec(seed=3, well_shape="square", drop_meets_wall=True, well_zoom=1.05,
+                     crystals=6, size_range_um=(60.0, 200.0), precipitate=0.0, bubbles=0,
+                     fibres=0, skin=False, noise=0.0, width=640, height=480,
+                     um_per_px=4.0)  # fmt: skip
+    img, truth = render(spec)
+    assert truth.drop_class == "crystals" and len(truth.crystals) >= 3
+    _check_crystal_truth(truth)  # every crystal inside the drop
+    geo = plan_wall_drop(spec, plan_geometry(spec))
+    assert geo.free_edge is not None
+    assert [(float(x), float(y)) for x, y in geo.drop_poly] == truth.drop_polygon_px
+    # the drop meets two walls: its outline runs along one vertical and one horizontal wall
+    (cx, cy), wr = truth.well_center_px, truth.well_radius_px
+    poly = np.array(truth.drop_polygon_px)
+    assert (np.abs(np.abs(poly[:, 0] - cx) - wr) < 0.5).any()
+    assert (np.abs(np.abs(poly[:, 1] - cy) - wr) < 0.5).any()
+    # the wall is dark, the floor bright
+    ys, xs = np.mgrid[0:480, 0:640]
+    box = np.maximum(np.abs(xs - cx), np.abs(ys - cy))
+    floor = float(np.median(img[box < 0.8 * wr]))
+    assert float(np.median(img[box > wr + 0.06 * 480])) < 0.3 * floor
+    # the meniscus band along the free edge is shaded, darker than the drop's middle
+    drop = np.zeros(img.shape, np.uint8)
+    cv2.fillPoly(drop, [np.round(poly).astype(np.int32)], 255)
+    edge = np.full(img.shape, 255, np.uint8)
+    cv2.polylines(edge, [np.round(geo.free_edge).astype(np.int32)], False, 0, 1)
+    d_free = cv2.distanceTransform(edge, cv2.DIST_L2, 5)
+    crystals = np.zeros(img.shape, np.uint8)
+    for c in truth.crystals:
+        cv2.fillPoly(crystals, [np.round(np.array(c.polygon_px)).astype(np.int32)], 255)
+    clear = (drop > 0) & (cv2.dilate(crystals, np.ones((7, 7), np.uint8)) == 0)
+    band = clear & (d_free > 2) & (d_free < 0.3 * geo.meniscus_px)
+    middle = clear & (d_free > 2 * geo.meniscus_px) & (box < wr - 0.1 * wr)
+    assert float(np.median(img[band])) < 0.8 * float(np.median(img[middle]))
+    # most crystals reach into the meniscus band
+    near = sum(min(d_free[round(y), round(x)] for x, y in c.polygon_px)
+               < geo.meniscus_px for c in truth.crystals)  # fmt: skip
+    assert near >= len(truth.crystals) / 2
+    # clear crystals: bright insides (about the drop's level), darker outlines
+    level = float(np.median(img[middle]))
+    for c in truth.crystals:
+        own = np.zeros(img.shape, np.uint8)
+        cv2.fillPoly(own, [np.round(np.array(c.polygon_px)).astype(np.int32)], 255)
+        inner = cv2.erode(own, np.ones((5, 5), np.uint8)) > 0
+        rim = (own > 0) & ~inner
+        if inner.sum() > 20:
+            assert float(np.median(img[inner])) > 0.7 * level, c.id
+        assert float(img[rim].min()) < 0.8 * level, c.id
+
+
+@pytest.mark.req("KA-HIL-008")
+def test_vmxi_crystals_are_many_line_the_meniscus_and_have_strong_dark_outlines() -> None:
+    """As in real VMXi frames: many crystals, a good share touching the meniscus band, several
+    large; transparent blocks with dark outlines (well below half the drop's local level along
+    the outline) and bright insides."""
+    from kiboauto.hil.scene_imagers import plan_wall_drop
+    from kiboauto.hil.scene_layers import plan_geometry
+
+    ratios: list[float] = []
+    insides: list[float] = []
+    for seed in (100000, 100002, 100005):
+        spec = replace(random_spec(seed, drop_class="crystals", width=640, height=480),
+                       well_shape="square", drop_meets_wall=True)  # fmt: skip
+        img, truth = render(spec)
+        grey = (img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)).astype(float)
+        crystals = truth.crystals
+        assert truth.drop_class == "crystals" and 6 <= len(crystals) <= 25, seed
+        _check_crystal_truth(truth)
+        geo = plan_wall_drop(spec, plan_geometry(spec))
+        assert geo.free_edge is not None
+        edge = np.full(grey.shape, 255, np.uint8)
+        cv2.polylines(edge, [np.round(geo.free_edge).astype(np.int32)], False, 0, 1)
+        d_free = cv2.distanceTransform(edge, cv2.DIST_L2, 5)
+        h, w = grey.shape
+        near = 0
+        for c in crystals:
+            pts = np.round(np.array(c.polygon_px)).astype(int)
+            d = d_free[np.clip(pts[:, 1], 0, h - 1), np.clip(pts[:, 0], 0, w - 1)]
+            near += int(float(d.min()) < geo.meniscus_px)
+        assert near >= len(crystals) / 3, (seed, near, len(crystals))
+        # several large: the largest at least 8 % of the drop's width
+        drop_w = float(np.ptp(np.array(truth.drop_polygon_px), axis=0).mean())
+        assert max(c.longest_um for c in crystals) / spec.um_per_px > 0.08 * drop_w
+        # contrast against the drop's local level (its median near the crystal, off crystals)
+        drop = np.zeros(grey.shape, np.uint8)
+        cv2.fillPoly(drop, [np.round(np.array(truth.drop_polygon_px)).astype(np.int32)], 255)
+        every = np.zeros(grey.shape, np.uint8)
+        for c in crystals:
+            cv2.fillPoly(every, [np.round(np.array(c.polygon_px)).astype(np.int32)], 255)
+        free = (drop > 0) & (cv2.dilate(every, np.ones((9, 9), np.uint8)) == 0)
+        for c in crystals:
+            poly = np.round(np.array(c.polygon_px)).astype(np.int32)
+            x, y, bw, bh = c.bbox_px
+            near_c = np.zeros(grey.shape, bool)
+            near_c[max(0, y - bh) : y + 2 * bh, max(0, x - bw) : x + 2 * bw] = True
+            local = float(np.median(grey[free & near_c] if (free & near_c).sum() > 20
+                                     else grey[free]))  # fmt: skip
+            ring = np.zeros(grey.shape, np.uint8)
+            cv2.polylines(ring, [poly], True, 255, 3)
+            ratios.append(float(np.percentile(grey[ring > 0], 5)) / local)
+            own = np.zeros(grey.shape, np.uint8)
+            cv2.fillPoly(own, [poly], 255)
+            inner = cv2.erode(own, np.ones((9, 9), np.uint8)) > 0
+            if inner.sum() > 30:
+                insides.append(float(np.median(grey[inner])) / local)
+    # the outline's dark edge: well below half the local level for most crystals
+    assert float(np.median(ratios)) < 0.45, np.round(ratios, 2)
+    assert float(np.mean(np.array(ratios) < 0.6)) > 0.8, np.round(ratios, 2)
+    # bright insides: about the drop's level
+    assert insides and float(np.median(insides)) > 0.85, np.round(insides, 2)
