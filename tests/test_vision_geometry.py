@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from kiboauto.hil import scene as S
 from kiboauto.vision import inspect, load_image
+from kiboauto.vision.crystals import find_blobs
+from kiboauto.vision.prep import build_pyramid, dark_field_lut
 from kiboauto.vision.types import Inspection
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "devdata" / "real_drops"
@@ -116,37 +118,162 @@ def test_broad_shaded_drop_edge() -> None:
     assert sum(0.9 <= x <= 1.6 for x in ratios) >= 6, ratios
 
 
-def _real(name: str) -> Inspection:
-    return inspect(load_image(REAL / name))
+# Where each real drop lies, read by eye off the frame (x0, y0, x1, y1 as fractions of its width
+# and height, a little generous): the drop with its meniscus, not the dry well floor.
+REAL_DROPS: dict[str, tuple[float, float, float, float]] = {
+    "rockimager_xchemchimp_97wo_01A_1.jpg": (0.24, 0.22, 0.71, 0.69),
+    "vmxi_crystalmatch_A01_1.jpg": (0.0, 0.0, 0.49, 0.68),
+    "vmxi_crystalmatch_A01_2.jpg": (0.0, 0.0, 0.49, 0.68),
+    "vmxi_crystalmatch_A03.jpg": (0.0, 0.0, 0.49, 0.69),
+    "vmxi_crystalmatch_A10_1.jpg": (0.0, 0.0, 0.45, 0.69),
+    "vmxi_crystalmatch_A10_2.jpg": (0.0, 0.0, 0.46, 0.69),
+}
+SIZES = [None, (1280, 960), (640, 480)]  # each frame at its own size and scaled to the two
 
 
-VMXI = [
-    "vmxi_crystalmatch_A01_1.jpg",
-    "vmxi_crystalmatch_A01_2.jpg",
-    "vmxi_crystalmatch_A03.jpg",
-    "vmxi_crystalmatch_A10_1.jpg",
-    "vmxi_crystalmatch_A10_2.jpg",
-]
+def _real(name: str, size: tuple[int, int] | None = None) -> Inspection:
+    img = load_image(REAL / name)
+    if size is not None:
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return inspect(img)
 
 
-@pytest.mark.req("KA-VIS-009")
-@pytest.mark.skipif(not REAL.is_dir(), reason=f"real imager frames not present at {REAL}")
-@pytest.mark.parametrize("name", VMXI)
-def test_real_vmxi_frames(name: str) -> None:
-    r = _real(name)
+# (frame, size) pairs still not called crystals (2026-12-06): A01_1 and A01_2 find only one or
+# two of their crystals (the large facetted ones are missed), A03 finds four at its own size but
+# two when scaled down; the drop model calls them other / precipitate. strict: a pass here fails
+# the test, so the list is kept true.
+NOT_YET_CRYSTALS = {
+    ("vmxi_crystalmatch_A01_1.jpg", "native"),
+    ("vmxi_crystalmatch_A01_1.jpg", "1280x960"),
+    ("vmxi_crystalmatch_A01_1.jpg", "640x480"),
+    ("vmxi_crystalmatch_A01_2.jpg", "native"),
+    ("vmxi_crystalmatch_A01_2.jpg", "1280x960"),
+    ("vmxi_crystalmatch_A01_2.jpg", "640x480"),
+    ("vmxi_crystalmatch_A03.jpg", "1280x960"),
+    ("vmxi_crystalmatch_A03.jpg", "640x480"),
+}
+
+
+def _size_id(size: tuple[int, int] | None) -> str:
+    return "native" if size is None else f"{size[0]}x{size[1]}"
+
+
+def _real_cases() -> list[Any]:
+    cases = []
+    for name in sorted(REAL_DROPS):
+        for size in SIZES:
+            marks = []
+            if (name, _size_id(size)) in NOT_YET_CRYSTALS:
+                marks.append(pytest.mark.xfail(strict=True, reason="crystals missed (see above)"))
+            cases.append(pytest.param(name, size, marks=marks, id=f"{name}-{_size_id(size)}"))
+    return cases
+
+
+def _check_real_geometry(name: str, r: Inspection) -> None:
+    """The drop is found where it is and every crystal reported lies inside it."""
     _consistent(r)
-    assert r.well is not None and r.well.shape == "square"
+    w, h = r.image_size
+    x0, y0, x1, y1 = REAL_DROPS[name]
+    for c in r.crystals:
+        cx, cy = c.centroid_px
+        assert x0 * w <= cx <= x1 * w and y0 * h <= cy <= y1 * h, (c.id, c.centroid_px)
     assert r.drop_found
-    # was 0.03-0.10 (the meniscus band only); the drop's far side along the wall is still missed
-    assert r.drop_area_fraction > 0.10
-    assert not (r.drop_class == "crystals" and not r.crystals)
+    if name.startswith("vmxi"):
+        assert r.well is not None and r.well.shape == "square"
+        # the drop (with its meniscus) fills 18-22 % of these frames by eye
+        assert 0.13 < r.drop_area_fraction < 0.30, r.drop_area_fraction
+    else:
+        assert r.well is not None and r.well.shape == "round"
+        assert 0.10 < r.drop_area_fraction < 0.30, r.drop_area_fraction
 
 
 @pytest.mark.req("KA-VIS-009")
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real imager frames not present at {REAL}")
-def test_real_rock_imager_frame() -> None:
-    r = _real("rockimager_xchemchimp_97wo_01A_1.jpg")
-    _consistent(r)
-    assert r.drop_class == "crystals" and len(r.crystals) >= 5
-    assert r.well is not None and r.well.shape == "round"
-    assert r.drop_found and 0.10 < r.drop_area_fraction < 0.30
+@pytest.mark.parametrize(("name", "size"), _real_cases())
+def test_real_drops_called_crystals_with_crystals_in_the_drop(
+    name: str, size: tuple[int, int] | None
+) -> None:
+    """Every real drop holds crystals: it is called ``crystals``, with at least three crystals,
+    every one of them inside the drop (the eye-read box), at every frame size."""
+    r = _real(name, size)
+    _check_real_geometry(name, r)
+    assert r.drop_class == "crystals", (r.drop_class, r.reasons)
+    assert len(r.crystals) >= 3, r.reasons
+
+
+@pytest.mark.req("KA-VIS-009")
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real imager frames not present at {REAL}")
+@pytest.mark.parametrize("size", SIZES, ids=_size_id)
+@pytest.mark.parametrize("name", sorted(REAL_DROPS))
+def test_real_drops_outline_and_crystal_positions(name: str, size: tuple[int, int] | None) -> None:
+    """Whatever the class: the drop outline and every crystal reported are where the drop is."""
+    _check_real_geometry(name, _real(name, size))
+
+
+@pytest.mark.req("KA-VIS-009")
+def test_a_crystal_glued_to_the_border_is_found_as_the_facet_it_encloses() -> None:
+    """A crystal outline joined to a band along the searched area's border (a crystal on the
+    meniscus) is one object touching the border: its enclosed inside comes back as a candidate
+    marked ``enclosed``; large enclosed areas (the drop itself) do not."""
+    h, w = 200, 240
+    obj = np.zeros((h, w), np.uint8)
+    obj[:, :14] = 1  # the meniscus band along the left border
+    cv2.rectangle(obj, (14, 60), (74, 110), 1, 3)  # a crystal outline joined to the band
+    cv2.rectangle(obj, (120, 20), (230, 190), 1, 3)  # a large loop: not a facet (too big)
+    obj[100:104, 74:120] = 1  # joined to the crystal by a bar
+    border = np.zeros_like(obj)
+    border[:, 0] = border[0, :] = border[-1, :] = border[:, -1] = 1
+    flat = np.full((h, w), 128, np.uint8)
+    flat[obj > 0] = 40
+    grad = np.asarray(cv2.morphologyEx(flat, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)))
+    args = (obj, border, flat, grad, None, 40.0)
+    blobs_off, counted_off = find_blobs(*args, free_enclosed=False)
+    assert blobs_off == [] and counted_off.edge == 1
+    blobs, _ = find_blobs(*args, free_enclosed=True, max_enclosed=0.1 * h * w)
+    assert len(blobs) == 1 and blobs[0].enclosed
+    x, y, bw, bh = blobs[0].bbox
+    assert 12 <= x <= 18 and 56 <= y <= 62 and 58 <= bw <= 66 and 48 <= bh <= 56, blobs[0].bbox
+    assert blobs[0].vector()[-1] == 1.0
+
+
+@pytest.mark.req("KA-VIS-009")
+def test_uv_dark_field_crystals_are_found_as_glowing_objects() -> None:
+    """UV (a dark field, glowing crystals): the frame is recognised as a dark field and most
+    crystals are found where they are (measured 33 of 38 on these ten drops; 8 called crystals)."""
+    n_truth = n_found = n_wrong = n_crystal_class = 0
+    for seed in range(100_000, 100_040, 4):
+        spec = replace(S.random_spec(seed, drop_class="crystals"), light="uv", colour=False)
+        img, truth = S.render(spec)
+        r = inspect(img, um_per_px=spec.um_per_px)
+        _consistent(r)
+        assert any("dark field" in s for s in r.reasons), r.reasons
+        n_crystal_class += r.drop_class == "crystals"
+        n_truth += len(truth.crystals)
+        for t in truth.crystals:
+            x, y, bw, bh = t.bbox_px
+            n_found += any(
+                x - 4 <= c.centroid_px[0] <= x + bw + 4 and y - 4 <= c.centroid_px[1] <= y + bh + 4
+                for c in r.crystals
+            )
+        n_wrong += len(r.crystals) - sum(
+            any(
+                t.bbox_px[0] - 4 <= c.centroid_px[0] <= t.bbox_px[0] + t.bbox_px[2] + 4
+                and t.bbox_px[1] - 4 <= c.centroid_px[1] <= t.bbox_px[1] + t.bbox_px[3] + 4
+                for t in truth.crystals
+            )
+            for c in r.crystals
+        )
+    assert n_found >= 0.75 * n_truth, (n_found, n_truth)
+    assert n_wrong <= 2, n_wrong
+    assert n_crystal_class >= 7, n_crystal_class
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 200_000), colour=st.booleans(), shape=st.sampled_from(S.WELL_SHAPES))
+def test_bright_field_frames_are_never_taken_for_a_dark_field(
+    seed: int, colour: bool, shape: str
+) -> None:
+    spec = replace(S.random_spec(seed, width=320, height=240), colour=colour, well_shape=shape)
+    img, _ = S.render(spec)
+    coarse = build_pyramid(img, 480, 240).coarse
+    assert dark_field_lut(coarse) is None, float(np.median(coarse))

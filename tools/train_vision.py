@@ -46,6 +46,7 @@ import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from multiprocessing import get_context  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -63,11 +64,11 @@ DROP_SIZES = ((1280, 960), (640, 480), (1280, 960), (2048, 2048), (1280, 960), (
 CRYSTAL_SIZES = DROP_SIZES
 TRAIN_SEEDS = range(0, 3000)  # the default; --seeds may widen it, never to 10_000 and above
 EVAL_FIRST = 10_000  # held-out evaluation seeds start here (bench/vision_accuracy.py)
-CRYSTAL_HIDDEN, CRYSTAL_ITERS, CRYSTAL_POS_WEIGHT = 12, 4000, 3.0
+CRYSTAL_HIDDEN, CRYSTAL_ITERS, CRYSTAL_POS_WEIGHT = 16, 4000, 3.0
 # candidates of scenes with a skin weigh more: a skin covers only ~10 % of the crystal drops (and
 # some precipitate and "other" drops), yet its folds are what crystals there must be told from
 CRYSTAL_SKIN_WEIGHT = 3.0
-DROP_HIDDEN, DROP_ITERS = 10, 3000
+DROP_HIDDEN, DROP_ITERS = 16, 3000
 EMPTY_CRYSTAL = "CRYSTAL_MLP: dict[str, Any] = {}\n"
 EMPTY_DROP = "DROP_MLP_FEATURES: tuple[str, ...] = ()\nDROP_MLP: dict[str, Any] = {}\n"
 
@@ -181,7 +182,44 @@ def training_spec(seed: int, sizes: tuple[tuple[int, int], ...]) -> Any:
     from kiboauto.hil import scene
 
     width, height = sizes[(seed // 4) % len(sizes)]
-    return scene.random_spec(seed, width=width, height=height)
+    spec = scene.random_spec(seed, width=width, height=height)
+    return replace(spec, **imager_options(seed))
+
+
+def imager_options(seed: int) -> dict[str, Any]:
+    """The imager and light of one training seed (domain randomisation, drawn from its own stream
+    so the rest of the scene is the one ``random_spec`` draws): a round whole well in 44 % of the
+    scenes, a square sub-well in 12 %, a VMXi-like drop meeting two walls of a square sub-well in
+    10 %, a zoomed view clipped by the frame in 12 %, no well in 12 % and a microfluidic droplet
+    chip in 10 %; a broad shaded drop edge in a quarter of the wells and open fields; UV light
+    (a dark field, glowing crystals) in 15 % of all. Evaluation scenes (bench/vision_imagers.py)
+    use seeds from 100_000 on.
+    """
+    r = np.random.default_rng([seed, 0x1A6E])
+    u = float(r.uniform())
+    opts: dict[str, Any] = {}
+    plain = True  # a geometry that takes a broad shaded drop edge
+    if u < 0.12:
+        opts["well_shape"] = "square"
+    elif u < 0.22:
+        opts["well_shape"] = "square"
+        opts["drop_meets_wall"] = True
+        plain = False
+    elif u < 0.34:
+        opts["well_zoom"] = float(r.uniform(1.3, 1.9))
+    elif u < 0.46:
+        opts["well_shape"] = "none"
+        opts["well_zoom"] = float(r.uniform(1.3, 1.8))
+    elif u < 0.56:
+        opts["well_shape"] = "droplets"
+        plain = False
+    soft = float(r.uniform())
+    if plain and soft < 0.25:
+        opts["drop_edge_soft"] = float(r.uniform(0.2, 0.45))
+    if r.uniform() < 0.15:
+        opts["light"] = "uv"
+        opts["colour"] = False
+    return opts
 
 
 def blob_rows(seed: int) -> tuple[list[list[float]], list[int], bool]:

@@ -15,6 +15,60 @@ from .appearance import appearance
 
 __all__ = ["Blob", "Unmeasured", "find_blobs", "straightness"]
 
+_RING = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+
+
+def _with_enclosed(
+    obj: npt.NDArray[np.uint8],
+    border: npt.NDArray[np.uint8],
+    min_pts: int,
+    detail_area: float,
+    max_area: float,
+) -> tuple[list[Contour], int]:
+    """The outer outlines of ``obj`` (as ``RETR_EXTERNAL`` traces them) plus, for every object
+    touching ``border``, the areas it encloses (holes of ``detail_area`` .. ``max_area`` pixels
+    holding no other object) with a 2 px ring of their outline: a transparent crystal glued to
+    the meniscus or to a cluster is an enclosed facet of the merged object. Every object pixel
+    within the ring's reach belongs to that same merged object (which is not measured), so the
+    freed outlines overlap no other candidate. Returns (outlines, how many of them, at the end,
+    are freed facets)."""
+    found, hier = cv2.findContours(obj, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+    if hier is None:
+        return [], 0
+    links = hier[0]  # per contour: next, previous, first child, parent
+    parents = links[:, 3]
+    out = [cast(Contour, found[i]) for i in np.flatnonzero(parents < 0).tolist()]
+    # holes in a top-level object, with nothing inside them
+    maybe = np.flatnonzero((parents >= 0) & (links[:, 2] < 0))
+    maybe = maybe[parents[parents[maybe]] < 0]
+    on_border: dict[int, bool] = {}
+    holes: list[Contour] = []
+    for i in maybe.tolist():
+        c = found[i]
+        if len(c) < min_pts:
+            continue
+        parent = int(parents[i])
+        touches = on_border.get(parent)
+        if touches is None:
+            pc = found[parent]
+            touches = on_border[parent] = bool(border[pc[:, 0, 1], pc[:, 0, 0]].any())
+        if touches and detail_area <= cv2.contourArea(c) <= max_area:
+            holes.append(cast(Contour, c))
+    if not holes:
+        return out, 0
+    # the facets and their rings, worked on in the holes' box grown by the ring (3 px)
+    pts = np.concatenate(holes).reshape(-1, 2)
+    h, w = obj.shape
+    x0, y0 = (int(v) for v in np.maximum(pts.min(axis=0) - 3, 0))
+    x1, y1 = int(min(pts[:, 0].max() + 4, w)), int(min(pts[:, 1].max() + 4, h))
+    facets = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.drawContours(facets, holes, -1, 1, -1, offset=(-x0, -y0))
+    box_obj, box_border = obj[y0:y1, x0:x1], border[y0:y1, x0:x1]
+    freed = np.asarray(cv2.dilate(facets, _RING), np.uint8) & (box_obj | facets) & (1 - box_border)
+    more, _ = cv2.findContours(freed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x0, y0))
+    return out + cast(list[Contour], list(more)), len(more)
+
+
 Contour = npt.NDArray[np.int32]
 _EPS32 = float(np.finfo(np.float32).eps)
 
@@ -39,6 +93,7 @@ class Blob:
     depth: float = 0.0  # (128 - darkest flattened level inside) / 128: a crystal's outline is
     # drawn far darker than the background (> 0.3), a skin fold or ripple stays shallow (< 0.3)
     measured: bool = True  # outline/texture measures taken (False: a speck or a ragged shape)
+    enclosed: bool = False  # freed from an object on the border: an area it encloses (a facet)
 
     def vector(self) -> list[float]:
         """The shape/appearance features the crystal model (``CRYSTAL_MLP``) weighs."""
@@ -52,6 +107,7 @@ class Blob:
             self.polarity,
             self.spread,
             self.depth,
+            float(self.enclosed),
         ]
 
     @property
@@ -171,6 +227,8 @@ def find_blobs(
     min_area: float,
     detail_area: float = 32.0,
     small_area: float = 0.0,
+    free_enclosed: bool = True,
+    max_enclosed: float = 0.0,
 ) -> tuple[list[Blob], Unmeasured]:
     """The objects of the object map ``obj`` (0/1, ROI working pixels), measured.
 
@@ -182,10 +240,18 @@ def find_blobs(
     the costly appearance measures are taken only for blobs that are not ragged (others cannot be
     crystals).
     """
-    found, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     # an outline of n points encloses at most ~n^2/(4 pi) pixels: skip specks without measuring
     min_pts = max(4, int(math.sqrt(4.0 * math.pi * min_area)))
-    cand = cast(list[Contour], [c for c in found if len(c) >= min_pts])  # int32 (x, y) points
+    found: list[Contour]
+    if free_enclosed:
+        found, n_freed = _with_enclosed(obj, border, min_pts, detail_area, max_enclosed)
+    else:
+        outlines, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        found, n_freed = cast(list[Contour], list(outlines)), 0
+    first_freed = len(found) - n_freed
+    picked = [i for i, c in enumerate(found) if len(c) >= min_pts]
+    cand = cast(list[Contour], [found[i] for i in picked])  # int32 (x, y) points
+    enclosed = [i >= first_freed for i in picked]
     n_speck = n_thin = n_edge = n_edge_small = 0
     other_area = 0.0
     blobs: list[Blob] = []
@@ -233,7 +299,7 @@ def find_blobs(
         [(shapes[k], keep[k][2]) for k, sol in enumerate(solids) if sol >= 0.5], flat, grad, fine
     )
     j = 0
-    for k, (_i, area, bbox, perim0) in enumerate(keep):
+    for k, (i, area, bbox, perim0) in enumerate(keep):
         c = shapes[k]
         x, y, w, h = bbox
         solidity = solids[k]
@@ -261,6 +327,7 @@ def find_blobs(
                 spread=spread,
                 depth=depth,
                 measured=ok,
+                enclosed=enclosed[i],
             )
         )
     return blobs, unmeasured

@@ -40,6 +40,7 @@ class WellRegion:
 
 _SQUARE_FILL = 0.87  # outline area / its minimum-area rectangle: a disc 0.785, a square ~1
 _FIELD_FILL = 0.85  # a bright region this large (of the frame) is the field, not a well
+_FLOOR_PIECE = 0.15  # a piece of dry floor this large (of the largest piece) is floor too
 
 
 def well_region(smooth: U8, ref: float) -> WellRegion | None:
@@ -62,7 +63,9 @@ def well_region(smooth: U8, ref: float) -> WellRegion | None:
     if max(bw, bh) < 0.4 * short or area > _FIELD_FILL * h * w:
         return None
     mask = np.zeros((h, w), np.uint8)
-    cv2.drawContours(mask, [best], -1, 1, -1)
+    # the convex hull: a well's inside is convex, and dark things that touch the wall (a drop's
+    # meniscus band meeting it, crystals along it) would otherwise cut bays out of the region
+    cv2.drawContours(mask, [cv2.convexHull(best)], -1, 1, -1)
     clipped = x <= 0 or y <= 0 or x + bw >= w or y + bh >= h
     (_, _), (rw, rh), _ = cv2.minAreaRect(best)
     fill = area / max(rw * rh, 1.0)
@@ -126,8 +129,11 @@ def drop_in_region(
     )
     nf, flab, fstats, _ = cv2.connectedComponentsWithStats(floor_m, connectivity=4)
     if nf > 2:
-        keep = 1 + int(np.argmax(fstats[1:, cv2.CC_STAT_AREA]))
-        floor_m = (flab == keep).astype(np.uint8)
+        # the opening may also cut a ring of floor round a drop where it narrows: every sizeable
+        # piece stays floor, only slivers go
+        areas = fstats[1:, cv2.CC_STAT_AREA]
+        keep = 1 + np.nonzero(areas >= _FLOOR_PIECE * areas.max())[0]
+        floor_m = np.isin(flab, keep).astype(np.uint8)
     rest = (reg & (1 - floor_m)).astype(np.uint8)
     rest = np.asarray(
         cv2.morphologyEx(

@@ -28,6 +28,9 @@ _DEFAULTS = InspectParams()
 _MENISCUS_C = 2
 # a drop outline this small (of the well's inside) is likely a bubble: look for a broad edge too
 _SMALL_DROP = 0.12
+# an area enclosed by an object on the search border larger than this (of the searched area) is
+# drop, not a crystal facet (see find_blobs)
+_MAX_ENCLOSED = 0.02
 _PAD_C = 3  # coarse pixels around the inner mask searched at working resolution (see below)
 
 
@@ -201,6 +204,7 @@ def analyse(
         maps.fine,
         min_area_w,
         small_area=4 * min_area_w,
+        max_enclosed=_MAX_ENCLOSED * float(maps.n_mask),
     )
     # texture and thin lines are measured on the drop away from objects
     n_away = maps.n_away
@@ -282,6 +286,8 @@ def analyse(
             # frame pixels averaged per working pixel (log2: 0 at 640x480, 1 at 1280x960, 2 at
             # 2560x1920): the sensor noise left in the texture measures depends on it
             "binning_log2": math.log2(ws),
+            # a dark field (UV) was inverted: its texture and contrasts are amplified sensor noise
+            "dark_field": 1.0 if pyr.dark_field else 0.0,
         }
     )
     drop_class, confidence, class_reasons = decide(features, accepted, len(inner_blobs))
@@ -318,6 +324,10 @@ def analyse(
         )
     area_frac = drop_area_c / float(cw * ch)
     reasons = class_reasons + _geometry_reasons(well, drop is not None, area_frac)
+    if pyr.dark_field:
+        reasons.append(
+            "dark field (UV or fluorescence): levels inverted, so glowing crystals read as dark"
+        )
     result = Inspection(
         drop_class=drop_class,
         confidence=confidence,
