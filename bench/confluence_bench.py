@@ -17,20 +17,10 @@ import time
 import cv2
 import numpy as np
 
-from kiboauto.hil.scene_cells import CellFieldOptions, render_cell_field
+from kiboauto.hil.scene_cells import FIELD_KINDS, render_cell_field
 from kiboauto.vision.cells import analyse_field
 
-KINDS = {
-    "normal": CellFieldOptions(),
-    "spread": CellFieldOptions(kind="spread"),
-    "rounded": CellFieldOptions(kind="rounded"),
-    "mixed": CellFieldOptions(kind="mixed"),
-    "halo x2": CellFieldOptions(halo=2.0),
-    "wall 15%": CellFieldOptions(wall=0.15, wall_sides=2),
-    "debris": CellFieldOptions(debris=300),
-    "raw16": CellFieldOptions(bit_depth=16),
-    "blurred": CellFieldOptions(blur_sigma=3.0),
-}
+KINDS = FIELD_KINDS
 
 
 def _ms(times: list[float]) -> tuple[float, float]:

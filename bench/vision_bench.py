@@ -49,8 +49,9 @@ SIZES = ((1280, 960), (2048, 2048), (2560, 1920))
 OTHER_ACCURACY_SIZES = ((640, 480), (2048, 2048), (2560, 1920))
 
 
-def _match(found: list[Any], truth: list[Any]) -> list[tuple[Any, Any]]:
-    """One-to-one matches (detection, truth), nearest centroid first."""
+def match_detections(found: list[Any], truth: list[Any]) -> list[tuple[Any, Any]]:
+    """One-to-one matches (detection, truth), nearest centroid first: a detection matches a true
+    crystal when its centroid lies in the crystal's box grown by 25 % (+2 px)."""
     candidates = []
     for i, f in enumerate(found):
         fx, fy = f.centroid_px
@@ -79,7 +80,7 @@ def _evaluate_one(job: tuple[int, int, int]) -> dict[str, Any]:
     spec = random_spec(seed, drop_class=drop_class, width=width, height=height)
     image, truth = render(spec)
     result = inspect(image, um_per_px=truth.um_per_px)
-    pairs = _match(result.crystals, truth.crystals)
+    pairs = match_detections(result.crystals, truth.crystals)
     return {
         "seed": seed,
         "truth": truth.drop_class,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -35,6 +34,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+from vision_bench import match_detections  # noqa: E402  (bench/ is on the path)
 
 CLASSES = ("crystals", "precipitate", "clear", "other")
 EVAL_SEED0 = 100_000
@@ -61,26 +61,6 @@ _FIRST_LIGHTS = ("bright-field", "cross-polarised")
 
 def _first(row: dict[str, Any]) -> bool:
     return row["imager"] in _FIRST_IMAGERS and row["light"] in _FIRST_LIGHTS
-
-
-def _match(found: list[Any], truth: list[Any]) -> int:
-    """Matched detections (as in bench/vision_bench.py: centroid in the true box grown 25 %)."""
-    candidates = []
-    for i, f in enumerate(found):
-        fx, fy = f.centroid_px
-        for j, t in enumerate(truth):
-            x, y, w, h = t.bbox_px
-            gx, gy = 0.25 * w / 2 + 2, 0.25 * h / 2 + 2
-            if x - gx <= fx <= x + w + gx and y - gy <= fy <= y + h + gy:
-                tx, ty = t.centroid_px
-                candidates.append((math.hypot(fx - tx, fy - ty), i, j))
-    used_f: set[int] = set()
-    used_t: set[int] = set()
-    for _, i, j in sorted(candidates):
-        if i not in used_f and j not in used_t:
-            used_f.add(i)
-            used_t.add(j)
-    return len(used_f)
 
 
 def scene_job(job: tuple[int, str, str | None, int, int]) -> dict[str, Any]:
@@ -110,7 +90,7 @@ def scene_job(job: tuple[int, str, str | None, int, int]) -> dict[str, Any]:
         "drop_found": result.features.get("drop_found", 1.0),
         "n_truth": len(truth.crystals),
         "n_found": len(result.crystals),
-        "n_matched": _match(result.crystals, truth.crystals),
+        "n_matched": len(match_detections(result.crystals, truth.crystals)),
     }
 
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CellField", "CellFieldOptions", "render_cell_field", "render_cells"]
+__all__ = ["FIELD_KINDS", "CellField", "CellFieldOptions", "render_cell_field", "render_cells"]
 
 CellKind = Literal["normal", "spread", "rounded", "mixed"]
 
@@ -66,6 +66,22 @@ class CellField:
     confluence: float
     cells: npt.NDArray[np.bool_]
     wall: npt.NDArray[np.bool_]
+
+
+# the kinds of field the confluence is held against (tests/test_confluence.py and
+# bench/confluence_bench.py): each cell kind, a strong halo, a saturated wall on two sides,
+# debris, a 16-bit raw frame with its pedestal and an out-of-focus field
+FIELD_KINDS: dict[str, CellFieldOptions] = {
+    "normal": CellFieldOptions(),
+    "spread": CellFieldOptions(kind="spread"),
+    "rounded": CellFieldOptions(kind="rounded"),
+    "mixed": CellFieldOptions(kind="mixed"),
+    "halo": CellFieldOptions(halo=2.0),
+    "wall": CellFieldOptions(wall=0.15, wall_sides=2),
+    "debris": CellFieldOptions(debris=300),
+    "raw16": CellFieldOptions(bit_depth=16),
+    "blurred": CellFieldOptions(blur_sigma=3.0),
+}
 
 
 def _cell_outline(

@@ -16,22 +16,12 @@ from functools import cache
 import numpy as np
 import pytest
 
-from kiboauto.hil.scene_cells import CellFieldOptions, render_cell_field
+from kiboauto.hil.scene_cells import FIELD_KINDS, CellFieldOptions, render_cell_field
 from kiboauto.vision.cells import QUALITY_FLAGS, FieldResult, analyse_field, confluence
 
 SEED = 20000
 LEVELS = (0.05, 0.275, 0.5, 0.725, 0.95)
-KINDS = {
-    "normal": CellFieldOptions(),
-    "spread": CellFieldOptions(kind="spread"),
-    "rounded": CellFieldOptions(kind="rounded"),
-    "mixed": CellFieldOptions(kind="mixed"),
-    "halo": CellFieldOptions(halo=2.0),
-    "wall": CellFieldOptions(wall=0.15, wall_sides=2),
-    "debris": CellFieldOptions(debris=300),
-    "raw16": CellFieldOptions(bit_depth=16),
-    "blurred": CellFieldOptions(blur_sigma=3.0),
-}
+KINDS = FIELD_KINDS
 
 
 @cache
