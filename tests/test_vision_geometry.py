@@ -236,10 +236,18 @@ def test_a_crystal_glued_to_the_border_is_found_as_the_facet_it_encloses() -> No
     assert blobs[0].vector()[-1] == 1.0
 
 
+def _on(c: Any, t: Any, grow: float = 4.0) -> bool:
+    """Whether found crystal ``c``'s centroid lies in true crystal ``t``'s box grown ``grow`` px."""
+    x, y, bw, bh = t.bbox_px
+    cx, cy = c.centroid_px
+    return x - grow <= cx <= x + bw + grow and y - grow <= cy <= y + bh + grow
+
+
 @pytest.mark.req("KA-VIS-009")
 def test_uv_dark_field_crystals_are_found_as_glowing_objects() -> None:
     """UV (a dark field, glowing crystals): the frame is recognised as a dark field and most
-    crystals are found where they are (measured 33 of 38 on these ten drops; 8 called crystals)."""
+    crystals are found where they are (measured 27 of 35 on these ten drops, none elsewhere; 8
+    of the ten called crystals)."""
     n_truth = n_found = n_wrong = n_crystal_class = 0
     for seed in range(100_000, 100_040, 4):
         spec = replace(S.random_spec(seed, drop_class="crystals"), light="uv", colour=False)
@@ -249,20 +257,8 @@ def test_uv_dark_field_crystals_are_found_as_glowing_objects() -> None:
         assert any("dark field" in s for s in r.reasons), r.reasons
         n_crystal_class += r.drop_class == "crystals"
         n_truth += len(truth.crystals)
-        for t in truth.crystals:
-            x, y, bw, bh = t.bbox_px
-            n_found += any(
-                x - 4 <= c.centroid_px[0] <= x + bw + 4 and y - 4 <= c.centroid_px[1] <= y + bh + 4
-                for c in r.crystals
-            )
-        n_wrong += len(r.crystals) - sum(
-            any(
-                t.bbox_px[0] - 4 <= c.centroid_px[0] <= t.bbox_px[0] + t.bbox_px[2] + 4
-                and t.bbox_px[1] - 4 <= c.centroid_px[1] <= t.bbox_px[1] + t.bbox_px[3] + 4
-                for t in truth.crystals
-            )
-            for c in r.crystals
-        )
+        n_found += sum(any(_on(c, t) for c in r.crystals) for t in truth.crystals)
+        n_wrong += sum(not any(_on(c, t) for t in truth.crystals) for c in r.crystals)
     assert n_found >= 0.75 * n_truth, (n_found, n_truth)
     assert n_wrong <= 2, n_wrong
     assert n_crystal_class >= 7, n_crystal_class

@@ -199,7 +199,7 @@ def build_pyramid(
 
 
 # a frame whose median grey level is below this is a dark field (UV or fluorescence imaging:
-# measured 4-21 on rendered UV frames, 81-210 on bright-field and cross-polarised ones, 111-163
+# measured 4-21 on rendered UV frames, 81-210 on bright-field and cross-polarised ones, 111-171
 # on the real frames in devdata)
 DARK_FIELD_MEDIAN = 48
 _DARK_BACKGROUND = 205.0  # where the inverted background lands (a bright field's usual level)
