@@ -41,6 +41,8 @@ class WellRegion:
 _SQUARE_FILL = 0.87  # outline area / its minimum-area rectangle: a disc 0.785, a square ~1
 _FIELD_FILL = 0.85  # a bright region this large (of the frame) is the field, not a well
 _FLOOR_PIECE = 0.15  # a piece of dry floor this large (of the largest piece) is floor too
+_FLOOR_REACH = 4  # small pixels the floor may grow back over the edge filters' reach
+_FLOOR_TOL = 0.04  # ... onto pixels at most this much (of the bright level) below the floor nearby
 
 
 def well_region(smooth: U8, ref: float) -> WellRegion | None:
@@ -105,7 +107,8 @@ def drop_in_region(
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1)
     grad = cv2.magnitude(gx, gy)
-    edges = ((hat > 0.08 * ref) | (grad > edge_frac * ref)).astype(np.uint8)
+    thin = np.asarray(cv2.dilate((hat > 0.08 * ref).astype(np.uint8), k3), np.uint8)
+    edges = (thin | (grad > edge_frac * ref)).astype(np.uint8)
     edges = np.asarray(cv2.dilate(edges, k3), dtype=np.uint8)
     free = reg & (1 - edges)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(free, connectivity=4)
@@ -134,6 +137,24 @@ def drop_in_region(
         areas = fstats[1:, cv2.CC_STAT_AREA]
         keep = 1 + np.nonzero(areas >= _FLOOR_PIECE * areas.max())[0]
         floor_m = np.isin(flab, keep).astype(np.uint8)
+    # the opening also rounds the floor off where it meets the drop's edge: give back the floor
+    # within its reach of what is kept (the slivers it cut stay cut beyond that)
+    floor_m &= np.asarray(cv2.dilate(floor_m, ell7), np.uint8)
+    floor_m = (labels == floor).astype(np.uint8) & np.asarray(cv2.dilate(floor_m, ell7), np.uint8)
+    # the edge filters reach past the drop's edge onto the floor: floor-bright pixels next to the
+    # floor, on no thin dark line, are floor (a few steps only, so a gap in the edge cannot let
+    # the floor flood the drop, and never across the outlines of crystals along the meniscus)
+    if floor_m.any():
+        # the floor's level nearby (its mean over 9x9 floor pixels, spread 9x9 more beyond it)
+        fm = floor_m.astype(np.float32)
+        num = cv2.blur(small.astype(np.float32) * fm, (9, 9))
+        den = cv2.blur(fm, (9, 9))
+        near = np.where(den > 0.05, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+        near = np.asarray(cv2.dilate(near, np.ones((9, 9), np.uint8)), np.float32)
+        level = near - _FLOOR_TOL * ref
+        grow = (reg & (small >= level) & (thin == 0)).astype(np.uint8)
+        for _ in range(_FLOOR_REACH):
+            floor_m = floor_m | (np.asarray(cv2.dilate(floor_m, k3), np.uint8) & grow)
     rest = (reg & (1 - floor_m)).astype(np.uint8)
     rest = np.asarray(
         cv2.morphologyEx(
