@@ -1,22 +1,15 @@
 """Vision per imager type and light: class accuracy, crystal recall and precision, confidence.
 
-Imager types (``hil/scene.py`` options on top of ``random_spec``):
-    round      plate imager, round whole well (what the models were trained on)
-    square     square sub-well (``well_shape="square"``)
-    zoomed     zoomed round well clipped by the frame (``well_zoom=1.7``)
-    no_well    no well, microfluidic-like field (``well_shape="none"``, ``well_zoom=1.6``)
-    soft_edge  round well, broad shaded drop edge without meniscus line (``drop_edge_soft=0.35``)
-    droplets   microfluidic chip: droplets in oil in a channel (``well_shape="droplets"``)
-    vmxi       VMXi-like square sub-well, the drop in a corner meeting two walls
-               (``well_shape="square"``, ``drop_meets_wall=True``, ``well_zoom=1.05``)
-Light: bright-field (``colour=False``), cross-polarised (``colour=True``) or UV fluorescence
-(``light="uv"``, grey).
+Imager types and lights: ``hil/imager_cells.py`` (round, square, zoomed, no well, soft edge,
+droplets, VMXi-like; bright-field, cross-polarised, UV).
 
 Default mode: ``--images N`` scenes per (imager, light) cell from the evaluation seeds 100000..
 (the same seeds in every cell: only geometry and light change; classes balanced; 1280x960).
 Reported per cell: class accuracy, crystal recall and precision (matching as in
 ``bench/vision_bench.py``), mean confidence and its expected calibration error (ECE, 10 equal
-bins: how far the confidence is from how often the class is right).
+bins: how far the confidence is from how often the class is right), for the calibrated confidence
+the result reports and for the raw one before calibration (``features["raw_confidence"]``; the
+curves were fitted by ``tools/calibrate_vision.py`` on seeds 200000.., apart from these).
 
     python bench/vision_imagers.py [--images 40] [--workers 2] [--json]
 """
@@ -27,7 +20,6 @@ import argparse
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -36,22 +28,10 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 from vision_bench import match_detections  # noqa: E402  (bench/ is on the path)
 
-CLASSES = ("crystals", "precipitate", "clear", "other")
+from kiboauto.hil.imager_cells import IMAGERS, LIGHTS, cell_spec  # noqa: E402
+from kiboauto.vision.calibration import expected_calibration_error  # noqa: E402
+
 EVAL_SEED0 = 100_000
-IMAGERS: dict[str, dict[str, Any]] = {
-    "round": {},
-    "square": {"well_shape": "square"},
-    "zoomed": {"well_zoom": 1.7},
-    "no_well": {"well_shape": "none", "well_zoom": 1.6},
-    "soft_edge": {"drop_edge_soft": 0.35},
-    "droplets": {"well_shape": "droplets"},
-    "vmxi": {"well_shape": "square", "drop_meets_wall": True, "well_zoom": 1.05},
-}
-LIGHTS: dict[str, dict[str, Any]] = {
-    "bright-field": {"colour": False},
-    "cross-polarised": {"colour": True},
-    "uv": {"colour": False, "light": "uv"},
-}
 
 
 #: the cells this benchmark had before droplets, vmxi and uv (its "all" row stays comparable)
@@ -68,13 +48,12 @@ def scene_job(job: tuple[int, str, str | None, int, int]) -> dict[str, Any]:
     drew."""
     import cv2
 
-    from kiboauto.hil.scene import random_spec, render
+    from kiboauto.hil.scene import render
     from kiboauto.vision import inspect
 
     seed, imager, light, width, height = job
     cv2.setNumThreads(1)
-    spec = random_spec(seed, drop_class=CLASSES[seed % 4], width=width, height=height)
-    spec = replace(spec, **IMAGERS[imager], **(LIGHTS[light] if light is not None else {}))
+    spec = cell_spec(seed, imager, light, width, height)
     image, truth = render(spec)
     result = inspect(image, um_per_px=truth.um_per_px)
     return {
@@ -86,28 +65,13 @@ def scene_job(job: tuple[int, str, str | None, int, int]) -> dict[str, Any]:
         "found": result.drop_class,
         "correct": result.drop_class == truth.drop_class,
         "confidence": result.confidence,
+        "raw_confidence": result.features.get("raw_confidence", result.confidence),
         "well_found": result.features.get("well_found", 1.0),
         "drop_found": result.features.get("drop_found", 1.0),
         "n_truth": len(truth.crystals),
         "n_found": len(result.crystals),
         "n_matched": len(match_detections(result.crystals, truth.crystals)),
     }
-
-
-def ece(conf: list[float], correct: list[bool], bins: int = 10) -> float:
-    """Expected calibration error: sum over 10 equal bins of |accuracy - mean confidence| x
-    the bin's share of the samples."""
-    if not conf:
-        return 0.0
-    c = np.asarray(conf, dtype=np.float64)
-    y = np.asarray(correct, dtype=np.float64)
-    idx = np.minimum((c * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += float(m.sum()) * abs(float(y[m].mean()) - float(c[m].mean()))
-    return total / len(c)
 
 
 def _run(jobs: list[tuple[int, str, str | None, int, int]], workers: int) -> list[dict[str, Any]]:
@@ -126,7 +90,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "crystal_recall": n_matched / max(1, n_truth),
         "crystal_precision": n_matched / max(1, n_found),
         "mean_confidence": float(np.mean([r["confidence"] for r in rows])),
-        "ece": ece([r["confidence"] for r in rows], correct),
+        "ece": expected_calibration_error([r["confidence"] for r in rows], correct),
+        "ece_raw": expected_calibration_error([r["raw_confidence"] for r in rows], correct),
     }
 
 
@@ -172,7 +137,7 @@ def print_table(table: dict[str, Any]) -> str:
     lines = [
         f"seeds {table['eval_seeds'][0]}..{table['eval_seeds'][1]} per cell, {table['size']}",
         f"{'imager/light':<30} {'n':>4} {'class acc':>9} {'recall':>7} {'precision':>9} "
-        f"{'confidence':>10} {'ECE':>6}",
+        f"{'confidence':>10} {'ECE':>6} {'raw ECE':>7}",
     ]
     rows = [*table["cells"].items(), ("round (both lights)", table["round_only"])]
     rows.append(("all (first 10 cells)", table["all"]))
@@ -180,7 +145,8 @@ def print_table(table: dict[str, Any]) -> str:
     for name, c in rows:
         lines.append(
             f"{name:<30} {c['images']:>4} {c['class_accuracy']:>9.3f} {c['crystal_recall']:>7.3f} "
-            f"{c['crystal_precision']:>9.3f} {c['mean_confidence']:>10.3f} {c['ece']:>6.3f}"
+            f"{c['crystal_precision']:>9.3f} {c['mean_confidence']:>10.3f} {c['ece']:>6.3f} "
+            f"{c['ece_raw']:>7.3f}"
         )
     return "\n".join(lines)
 

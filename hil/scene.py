@@ -271,6 +271,17 @@ def _draw_crystals(
     frames."""
     truths: list[CrystalTruth] = []
     target = np.ones_like(layer) if transparent and crystals else layer
+    soft, bold_dark, shade = 0.0, 0.1, 1.0
+    if bold and crystals:
+        # real VMXi crystals range from crisp to soft-edged (focus, refraction in the drop's
+        # curved surface), their outlines wide and dark: each scene draws its crystals' softness
+        # (stream 114); the outline widens with it, so its core stays as dark
+        r114 = stream(spec.seed, 114)
+        soft = float(r114.uniform(0.0, 2.0)) * detail_scale(min(spec.width, spec.height))
+        # ... and their outlines from near black to about 0.45 of the drop's level
+        bold_dark = float(r114.uniform(0.1, 0.35))
+        # ... and their faces from nearly the drop's level to strongly shaded
+        shade = float(r114.uniform(1.0, 3.5))
     for c in crystals:
         # the projected outline lies within 0.71 x length of the centre: place_r keeps it apart
         length_px = min(c.size_um / spec.um_per_px, c.place_r / 0.72)
@@ -283,19 +294,21 @@ def _draw_crystals(
         if bold:
             ref_px = max(2, round(length_px / scale / 30))
         line_px, line_gain = line_in_um(ref_px, scale)
+        if soft > 0.3:
+            line_px += round(2.0 * soft)
         ridge = line_in_um(max(1, ref_px // 2), scale)
         hulls: list[F64] = []
         members = sorted(c.members, key=lambda m: float(m.vertices[:, 2].mean()))
         for m in members:
             v = m.vertices * length_px
             v = v + np.array([c.centre[0], c.centre[1], 0.0])
-            draw_member(target, v, m.faces, c.body, line_px, ridge, transparent, bold)
+            draw_member(target, v, m.faces, c.body, line_px, ridge, transparent, bold, shade)
             hulls.append(hull(v[:, :2]))
         outline = hulls[0] if len(hulls) == 1 else union_outline(hulls)
         q = np.round(outline * 16).astype(np.int32)
         dark = 0.18 * c.body if not transparent else 0.3 + 0.2 * c.body
         if bold:
-            dark = 0.1 + 0.1 * c.body
+            dark = bold_dark + 0.1 * c.body
         if line_gain != 1.0:  # a wider line, as much darker in all than the reference line
             dark = 1.0 - (1.0 - dark) * line_gain
         cv2.polylines(target, [q], True, dark, line_px, cv2.LINE_AA, shift=4)
@@ -324,6 +337,8 @@ def _draw_crystals(
             )
         )
     if target is not layer:
+        if soft > 0.3:
+            target = np.asarray(cv2.GaussianBlur(target, (0, 0), soft), dtype=np.float32)
         layer *= target
     return truths
 

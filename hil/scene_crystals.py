@@ -246,6 +246,7 @@ def draw_member(
     ridge: tuple[int, float] | None = None,
     transparent: bool = False,
     bold: bool = False,
+    shade: float = 1.0,
 ) -> None:
     """Draw one convex body into ``layer`` (a transmission factor): shaded faces, then ridges.
 
@@ -257,7 +258,9 @@ def draw_member(
     camera a little brighter than the drop, tilted ones a little darker), facet edges faintly
     darker than their face. ``bold`` (with ``transparent``; protein crystals in VMXi-like drops,
     as in real VMXi frames): faces at or a little above the drop's level, facet edges strongly
-    dark (a third of their face's value).
+    dark (a third of their face's value); ``shade`` scales how far a bold crystal's faces stray
+    from the drop's level with their tilt and light (1: a little; 3: tilted faces far darker,
+    lit ones brighter, as refraction shows them in some real frames).
     """
     centre = vertices_px.mean(axis=0)
     visible: list[tuple[list[int], float]] = []
@@ -274,7 +277,8 @@ def draw_member(
             continue
         lit = float(np.dot(n, LIGHT))
         if transparent and bold:
-            value = (0.94 + 0.08 * float(n[2]) ** 2 + 0.06 * lit) * (0.96 + 0.04 * body)
+            tilt = 0.08 * float(n[2]) ** 2 + 0.06 * lit - 0.06
+            value = min(max(1.0 + shade * tilt, 0.5), 1.25) * (0.96 + 0.04 * body)
         elif transparent:
             value = (0.72 + 0.28 * float(n[2]) ** 2 + 0.12 * lit) * (0.92 + 0.08 * body)
         else:

@@ -320,7 +320,9 @@ def train_crystal(jobs: int, seeds: range) -> dict[str, Array]:
 
 
 def drop_matrix(feats: list[dict[str, float]]) -> tuple[list[str], Array]:
-    names = sorted(n for n in feats[0] if n not in ("well_found", "drop_found"))
+    # inputs only: not the geometry flags, nor the confidence the result reports
+    skip = ("well_found", "drop_found", "raw_confidence")
+    names = sorted(n for n in feats[0] if n not in skip)
     x = np.asarray([[f[n] for n in names] for f in feats], float)
     from kiboauto.vision.classify import log_scaled
 

@@ -15,6 +15,7 @@ shaded band (Rock Imager). This module finds those, on the same small copy:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,7 +42,8 @@ class WellRegion:
 _SQUARE_FILL = 0.87  # outline area / its minimum-area rectangle: a disc 0.785, a square ~1
 _FIELD_FILL = 0.85  # a bright region this large (of the frame) is the field, not a well
 _FLOOR_PIECE = 0.15  # a piece of dry floor this large (of the largest piece) is floor too
-_FLOOR_REACH = 4  # small pixels the floor may grow back over the edge filters' reach
+_FLOOR_REACH = 8  # small pixels the floor may grow back over the edge filters' reach
+_FLOOR_HOLES = 0.08  # a part of the well holding this much in holes (of its outline) is no floor
 _FLOOR_TOL = 0.04  # ... onto pixels at most this much (of the bright level) below the floor nearby
 
 
@@ -85,6 +87,23 @@ def well_region(smooth: U8, ref: float) -> WellRegion | None:
     return WellRegion("round", clipped, mask, (cx, cy, r), (x, y, bw, bh))
 
 
+def _holds_things(labels: npt.NDArray[Any], stats: npt.NDArray[Any], k: int) -> bool:
+    """Whether component ``k`` of ``labels`` holds many small things: its holes smaller than a
+    tenth of its filled outline (a drop's crystals, precipitate, bubbles; not the one large hole
+    a ring of floor has round a drop) sum to more than :data:`_FLOOR_HOLES` of that outline."""
+    x, y, w, h = (int(v) for v in stats[k, :4])
+    comp = (labels[y : y + h, x : x + w] == k).astype(np.uint8)
+    outlines, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(comp)
+    cv2.drawContours(filled, outlines, -1, 1, -1)
+    n_filled = int(cv2.countNonZero(filled))
+    if n_filled == 0:
+        return False
+    n_holes, _, hstats, _ = cv2.connectedComponentsWithStats(filled - comp, connectivity=8)
+    areas = hstats[1:n_holes, cv2.CC_STAT_AREA]
+    return int(areas[areas < 0.1 * n_filled].sum()) > _FLOOR_HOLES * n_filled
+
+
 def drop_in_region(
     small: U8, smooth: U8, region: U8, ref: float, edge_frac: float = 0.2
 ) -> tuple[U8, npt.NDArray[np.int32]] | None:
@@ -122,8 +141,11 @@ def drop_in_region(
     touching = touching[touching > 0]
     if touching.size == 0:
         return None
-    floor = int(touching[np.argmax(stats[touching, cv2.CC_STAT_AREA])])
-    if stats[floor, cv2.CC_STAT_AREA] < 0.08 * region_area:
+    # the floor is the largest of them that holds nothing: a part that encloses many edges (a
+    # drop's crystals, precipitate, bubbles) is a drop reaching the frame edge, as in zoomed views
+    by_area = touching[np.argsort(-stats[touching, cv2.CC_STAT_AREA], kind="stable")]
+    floor = next((int(k) for k in by_area if not _holds_things(labels, stats, int(k))), 0)
+    if floor == 0 or stats[floor, cv2.CC_STAT_AREA] < 0.08 * region_area:
         return None  # no dry floor to speak of: the drop (or nothing) fills the region
     # thin channels of free floor along the wall reach round a drop that meets it: cut them
     ell7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))

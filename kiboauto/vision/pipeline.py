@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from .calibration import calibrate, curve_scenes, geometry_group
 from .classify import decide
 from .crystals import Blob, find_blobs, straightness
 from .drop import find_drop
@@ -323,6 +324,16 @@ def analyse(
             contour_px=tuple(zip(*pts.T.tolist(), strict=True)),
         )
     area_frac = drop_area_c / float(cw * ch)
+    # the confidence as a frequency: calibrated per geometry group on held-apart rendered scenes
+    group = geometry_group(well, pyr.dark_field)
+    features["raw_confidence"] = confidence
+    calibrated = calibrate(confidence, group)
+    if calibrated is not None:
+        class_reasons.append(
+            f"confidence {calibrated:.2f}: the raw {confidence:.2f} calibrated on "
+            f"{curve_scenes(group)} held-apart rendered scenes ({group.replace('_', ' ')})"
+        )
+        confidence = calibrated
     reasons = class_reasons + _geometry_reasons(well, drop is not None, area_frac)
     if pyr.dark_field:
         reasons.append(
