@@ -346,8 +346,12 @@ def test_protein_crystal_example_completes_and_every_volume_is_the_plan(
 def test_cell_culture_example_completes_with_the_simulated_crew(tmp_path: Path) -> None:
     loaded = load_protocol(CELLS)
     station = demo_station(3)
-    # The simulated camera renders crystal drops (~65 % "confluent"): passage at 50 % so the
-    # branch with the crew step is taken every cycle.
+    # The camera renders phase-contrast cell fields, seeded at 60 % (the simulation does not see
+    # the crew's passage, so the culture stays confluent): passage at 50 % so the branch with the
+    # crew step is taken every cycle.
+    station.devices["camera1"].sim.options.update(
+        {"scene": "cells", "cells": 2, "seeded_confluence": 0.6}
+    )
     params = {"passage_confluence": "50 percent"}
     options = RunOptions(auto_crew=True, params=params)
     done = _run(loaded, station, tmp_path / "run", options)
@@ -376,6 +380,12 @@ def test_cell_culture_example_completes_with_the_simulated_crew(tmp_path: Path) 
         ]
         assert _codes(journal).count("crew_request") == 4
         assert sum(1 for e in journal.rows("events") if "passaged" in e["message"]) == 4
+        # the confluence read off the rendered cell fields: over the passage level from the
+        # seeded 60 % on, growing (measured 0.60-0.95 over the eight fields)
+        conf = [json.loads(r["result"])["confluence"] for r in journal.rows("inspections")]
+        assert len(conf) == 8
+        assert all(0.5 <= c <= 1.0 for c in conf), conf
+        assert conf[-1] > conf[0] + 0.2, conf
 
 
 WALL_COLUMNS = {"t_wall", "started_wall", "ended_wall", "created"}
