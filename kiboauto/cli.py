@@ -240,10 +240,14 @@ def inspect(
 ) -> None:
     """Classify drop images (crystals, precipitate, clear, other) and measure every crystal.
 
-    With --json each image gives one line: {"image", "class", "confidence", "count",
-    "max_length_um", "crystals": [...], "latency_ms"}; latency_ms is the inspection alone, not
-    reading or decoding the file. A file that cannot be read gives {"image", "error"} and the
-    others go on; the exit code is 1 if any file failed. Only finite numbers are written: a
+    With --json each image gives one line: {"image", "class", "confidence", "raw_confidence",
+    "count", "max_length_um", "crystals": [...], "well_found", "drop_found",
+    "drop_area_fraction", "reasons": [...], "latency_ms"}. "confidence" is calibrated: about how
+    often such an answer was right on held-apart rendered scenes of the same geometry (round well,
+    other geometry, dark field); "raw_confidence" is the model's own. "reasons" says why the
+    drop got its class. latency_ms is the inspection alone, not reading or decoding the file.
+    A file that cannot be read gives {"image", "error"} and the others go on; the exit code is 1
+    if any file failed. Only finite numbers are written: a
     non-finite value becomes null and the record lists it under "non_finite". Bad options, or an
     --overlay folder that cannot be used, stop with exit code 2 before any image.
 

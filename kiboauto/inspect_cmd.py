@@ -125,6 +125,9 @@ class InspectOutcome:
             "image": str(self.path),
             "class": inspection.drop_class,
             "confidence": round(float(inspection.confidence), 4),
+            "raw_confidence": round(
+                float(inspection.features.get("raw_confidence", inspection.confidence)), 4
+            ),
             "count": len(crystals),
             "max_length_um": round(max((c.length_um for c in inspection.crystals), default=0.0), 2),
             "crystals": crystals,

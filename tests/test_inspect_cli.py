@@ -60,6 +60,10 @@ def test_json_lines_per_image_errors_do_not_stop_the_rest(tmp_path: Path) -> Non
         expected = inspect(load_image(path), um_per_px=2.0)
         assert line["class"] == expected.drop_class
         assert line["confidence"] == pytest.approx(expected.confidence, abs=1e-4)
+        raw = expected.features["raw_confidence"]
+        assert line["raw_confidence"] == pytest.approx(raw, abs=1e-4)
+        assert line["reasons"] == expected.reasons
+        assert any("calibrated on" in r for r in line["reasons"])
         assert line["count"] == len(expected.crystals)
         lengths = [c.length_um for c in expected.crystals]
         assert line["max_length_um"] == pytest.approx(max(lengths, default=0.0), abs=0.01)
