@@ -161,7 +161,6 @@ def drop_in_region(
         floor_m = np.isin(flab, keep).astype(np.uint8)
     # the opening also rounds the floor off where it meets the drop's edge: give back the floor
     # within its reach of what is kept (the slivers it cut stay cut beyond that)
-    floor_m &= np.asarray(cv2.dilate(floor_m, ell7), np.uint8)
     floor_m = (labels == floor).astype(np.uint8) & np.asarray(cv2.dilate(floor_m, ell7), np.uint8)
     # the edge filters reach past the drop's edge onto the floor: floor-bright pixels next to the
     # floor, on no thin dark line, are floor (a few steps only, so a gap in the edge cannot let
