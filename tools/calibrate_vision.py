@@ -67,8 +67,9 @@ def _numbers(values: tuple[float, ...], indent: str) -> list[str]:
 def table_source(
     curves: dict[str, tuple[tuple[float, ...], tuple[float, ...]]], n: dict[str, int]
 ) -> str:
-    """The generated block of the table module (formatted as ``ruff format`` leaves it)."""
-    lines = ["#@CURVES", "CURVE_SCENES: dict[str, int] = {"]
+    """The generated lines between the table module's markers (``ruff format`` leaves them as
+    they are: they lie in a ``# fmt: off`` region)."""
+    lines = ["CURVE_SCENES: dict[str, int] = {"]
     lines += [f'    "{g}": {n[g]},' for g in sorted(n)]
     lines.append("}")
     lines.append("CONFIDENCE_CURVES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {")
@@ -78,7 +79,6 @@ def table_source(
         lines += _numbers(ys, "        ")
         lines.append("    ),")
     lines.append("}")
-    lines.append("#@END")
     return "\n".join(lines) + "\n"
 
 
@@ -121,9 +121,11 @@ def main() -> int:
         )
     if args.check:
         return 0
-    text = TABLE.read_text()
-    a, b = text.index("#@CURVES"), text.index("#@END") + len("#@END\n")
-    TABLE.write_text(text[:a] + table_source(curves, counts) + text[b:])
+    from train_vision import put_block  # tools/ is on the path of a tool run as a script
+
+    TABLE.write_text(
+        put_block(TABLE.read_text(), "#@CURVES", "#@END", table_source(curves, counts))
+    )
     print(f"wrote {TABLE.relative_to(ROOT)}")
     return 0
 
