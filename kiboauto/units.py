@@ -10,7 +10,19 @@ from typing import Any
 
 import pint
 
-ureg: pint.UnitRegistry[Any] = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+
+def _registry() -> pint.UnitRegistry[Any]:
+    # pint parses its unit definitions on every start (about 0.2 s, a fifth of an engine's
+    # start-up, which a resume after a crash waits for); with its cache (pint's own, in the
+    # user's cache folder) a start reads them back instead. Where that folder cannot be
+    # written, the registry is built the slow way.
+    try:
+        return pint.UnitRegistry(autoconvert_offset_to_baseunit=True, cache_folder=":auto:")
+    except OSError:
+        return pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+
+
+ureg: pint.UnitRegistry[Any] = _registry()
 ureg.formatter.default_format = "~P"
 Q_ = ureg.Quantity
 Quantity = pint.Quantity

@@ -36,7 +36,7 @@ from hil_control import ground_truth
 from kiboauto.journal import JOURNAL_NAME
 
 KIBOAUTO = [sys.executable, "-m", "kiboauto"]
-SPEED = 12.0  # protocol seconds per wall second: the uninterrupted run takes ~45 s of wall time
+SPEED = 8.0  # protocol seconds per wall second: the uninterrupted run takes ~68 s of wall time
 PLANNED_S = 540.0  # protocol seconds of the run: five 100 s moves and two 20 s waits
 KILLS = 50
 SEED = 20260406

@@ -1,4 +1,5 @@
-"""Flattening uneven light inside the drop: a robust smooth (quadratic) background model."""
+"""Flattening uneven light inside the drop: a robust smooth (quadratic) background model, bent
+to follow the light where a real drop's lens effect makes it change faster than a quadratic."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["background_grid", "fit_background", "flatten"]
+__all__ = ["background_grid", "fit_background", "flatten", "follow_local_light"]
 
 
 _GRID = 32  # the background is handed to flatten() on a _GRID x _GRID grid of cell centres
@@ -82,3 +83,37 @@ def flatten(
     h, w = work_roi.shape
     bg = cv2.resize(background, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.asarray(cv2.divide(work_roi, bg, scale=128.0, dtype=cv2.CV_8U), dtype=np.uint8)
+
+
+_LOCAL_SIGMA = 4.0  # coarse pixels: how closely the light is followed
+_LOCAL_EDGE = 0.12  # 3x3 gradient, relative to the background: pixels near it are not light
+_LOCAL_KEEP = (0.5, 0.12)  # per pass, how far from the background a pixel may be and still count
+_NEAR_EDGE = np.ones((5, 5), np.uint8)
+
+
+def follow_local_light(
+    coarse: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8], smooth: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """The background of ``coarse`` (a coarse-copy window, with ``mask`` 0/1 the drop's inside)
+    as the light it really has: ``smooth`` (the quadratic background on the same pixels) moved
+    towards a Gaussian-weighted mean of the drop pixels around each pixel that are neither near
+    an edge nor far from the background (two passes, the second against the first's result).
+
+    A real drop is a lens: the light brightens in a band inside the meniscus and dims in a
+    crystal's shadow over a few dozen pixels, which no quadratic follows; left in, such a band
+    reads as one large bright object joining every crystal on it to the drop edge. Crystals
+    stay out of the mean (their outlines are edges, their insides far from the background);
+    where too few pixels are left near a pixel (inside a large crystal), the quadratic is kept.
+    """
+    level = coarse.astype(np.float32)
+    grad = cv2.morphologyEx(coarse, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    near_edge = cv2.dilate(np.asarray(grad > _LOCAL_EDGE * smooth, np.uint8), _NEAR_EDGE)
+    usable = (mask > 0) & (near_edge == 0)
+    bg = smooth
+    for keep in _LOCAL_KEEP:
+        counted = (usable & (np.abs(level - bg) < keep * bg)).astype(np.float32)
+        weight = cv2.GaussianBlur(counted, (0, 0), _LOCAL_SIGMA)
+        mean = cv2.GaussianBlur(level * counted, (0, 0), _LOCAL_SIGMA) / np.maximum(weight, 1e-6)
+        trust = np.minimum(weight * (1.0 / 0.3), 1.0)
+        bg = np.asarray(smooth + trust * (mean - smooth), np.float32)
+    return np.asarray(np.maximum(bg, 1.0), np.float32)

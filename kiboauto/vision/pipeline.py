@@ -10,10 +10,10 @@ import numpy.typing as npt
 
 from .calibration import calibrate, curve_scenes, geometry_group
 from .classify import decide
-from .crystals import Blob, find_blobs, straightness
+from .crystals import Blob, find_blobs, plausible_body, straightness
 from .drop import find_drop
 from .geometry import drop_in_region, well_region
-from .illumination import background_grid, fit_background, flatten
+from .illumination import background_grid, fit_background, flatten, follow_local_light
 from .io import check_image
 from .models import CRYSTAL_MLP, mlp_positive
 from .pixel_maps import crystal_maps
@@ -32,6 +32,10 @@ _SMALL_DROP = 0.12
 # an area enclosed by an object on the search border larger than this (of the searched area) is
 # drop, not a crystal facet (see find_blobs)
 _MAX_ENCLOSED = 0.02
+# a crystal grown into the meniscus crust or cut by the search border is found by its outline of
+# 3x3 gradients above this (relative to the background), up to this share of the searched area
+_LOOP_EDGE = 0.2
+_MAX_BODY = 0.12
 _PAD_C = 3  # coarse pixels around the inner mask searched at working resolution (see below)
 
 
@@ -187,6 +191,12 @@ def analyse(
     roi_w = pyr.work_roi(wy0, wy1, wx0, wx1)
     rh, rw = roi_w.shape
     bg = background_grid(bg_coef, roi_c.shape, (cx0, cy0, cx1, cy1))
+    if not pyr.dark_field:  # (a dark field's glow round its crystals is no lens band)
+        win_h, win_w = inner_c.shape
+        smooth_bg = np.asarray(
+            cv2.resize(bg, (win_w, win_h), interpolation=cv2.INTER_LINEAR), dtype=np.float32
+        )
+        bg = follow_local_light(roi_c[cy0:cy1, cx0:cx1], inner_c, smooth_bg)
     flat = flatten(roi_w, bg)
     if (rw, rh) == (2 * inner_c.shape[1], 2 * inner_c.shape[0]):
         inner_w = double(inner_c)
@@ -206,7 +216,12 @@ def analyse(
         min_area_w,
         small_area=4 * min_area_w,
         max_enclosed=_MAX_ENCLOSED * float(maps.n_mask),
+        mask=inner_w,
+        # (a dark field's amplified noise closes loops everywhere: no bodies there)
+        loop_edge=0.0 if pyr.dark_field else _LOOP_EDGE,
+        max_body=_MAX_BODY * float(maps.n_mask),
     )
+    blobs = [b for b in blobs if plausible_body(b)]
     # texture and thin lines are measured on the drop away from objects
     n_away = maps.n_away
     tex = maps.n_away_grainy / n_away if n_away else 0.0
