@@ -89,6 +89,16 @@ _MAX_BORDER_SHARE = 0.25
 _SQUARE3 = np.ones((3, 3), np.uint8)
 
 
+def _lookup(table: npt.NDArray[np.uint8], labels: npt.NDArray[np.int32]) -> npt.NDArray[np.uint8]:
+    """``table[labels]`` for a label image: by OpenCV's table lookup when the labels fit in a
+    byte (several times faster than numpy's gather), else by numpy."""
+    if len(table) <= 256:
+        full = np.zeros(256, np.uint8)
+        full[: len(table)] = table
+        return np.asarray(cv2.LUT(labels.astype(np.uint8), full), np.uint8)
+    return np.asarray(table[labels], np.uint8)
+
+
 def _closed_bodies(
     obj: npt.NDArray[np.uint8],
     border: npt.NDArray[np.uint8],
@@ -111,10 +121,10 @@ def _closed_bodies(
     n, lab = cv2.connectedComponents(obj, connectivity=8)
     if n < 2:
         return []
-    on_border = np.zeros(n, np.bool_)
-    on_border[lab[(border > 0) & (obj > 0)]] = True
-    on_border[0] = False
-    onb = on_border[lab]
+    on_border = np.zeros(n, np.uint8)
+    on_border[lab[border > 0]] = 1  # (label 0, the background, is no object)
+    on_border[0] = 0
+    onb = _lookup(on_border, np.asarray(lab, np.int32)).view(np.bool_)
     free_obj = (obj > 0) & ~onb
     # the sharp edges of the objects on the border, closed 3x3: the two edges of a thick dark
     # outline leave no channel between them that would join the areas on either side
@@ -131,20 +141,24 @@ def _closed_bodies(
     ok = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (area >= 4) & (area <= max_area)
     ok[0] = False
     if free_obj.any():
-        ok[np.unique(holes[free_obj])] = False
+        ok &= np.bincount(holes[free_obj], minlength=k) == 0
     # a strip of drop (or of a flat crust) between the crust and the border is no crystal's
     # inside, and must not be merged into one: much of its edge is the border
     near_border = np.asarray(cv2.dilate(border, _SQUARE3), np.bool_)
     rim = np.asarray(cv2.dilate(walls.view(np.uint8), _SQUARE3), np.bool_)
-    on_rim = np.bincount(holes[rim & ~walls], minlength=k)
-    on_border_rim = np.bincount(holes[near_border & ~walls], minlength=k)
+    # (walls, the border among them, are label 0 in ``holes``)
+    on_rim = np.bincount(holes[rim], minlength=k)
+    on_border_rim = np.bincount(holes[near_border], minlength=k)
     ok &= on_border_rim <= 0.4 * np.maximum(on_rim, 1)
     if not ok.any():
         return []
     # slivers (channels left between the two edges of a thick outline) out, then the facets of
     # one crystal merged across the thin lines between them
     body = np.asarray(
-        cv2.morphologyEx(ok[holes].view(np.uint8), cv2.MORPH_OPEN, _SQUARE3), np.uint8
+        cv2.morphologyEx(
+            _lookup(ok.view(np.uint8), np.asarray(holes, np.int32)), cv2.MORPH_OPEN, _SQUARE3
+        ),
+        np.uint8,
     )
     body = np.asarray(cv2.morphologyEx(body, cv2.MORPH_CLOSE, _DISC5), np.uint8)
     ring = np.asarray(cv2.dilate(body, _DISC5), np.uint8)
