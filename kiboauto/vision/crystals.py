@@ -131,14 +131,14 @@ def _closed_bodies(
     edges = np.asarray(sharp & onb.view(np.uint8), np.uint8)
     walls = np.asarray(cv2.morphologyEx(edges, cv2.MORPH_CLOSE, _SQUARE3), np.bool_) & onb
     walls |= (border > 0) | (mask == 0)
-    k, holes, stats, _ = cv2.connectedComponentsWithStats(
-        np.asarray(~walls, np.uint8), connectivity=4
-    )
+    k, traced = cv2.connectedComponents(np.asarray(~walls, np.uint8), connectivity=4)
     if k < 2:
         return []
-    h, w = obj.shape
-    x, y, bw, bh, area = (stats[:, i] for i in range(5))
-    ok = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (area >= 4) & (area <= max_area)
+    holes = np.asarray(traced, np.int32)
+    area = np.bincount(holes.ravel(), minlength=k)
+    ok = (area >= 4) & (area <= max_area)
+    # (an area reaching the ROI's edge is not enclosed)
+    ok[holes[0]] = ok[holes[-1]] = ok[holes[:, 0]] = ok[holes[:, -1]] = False
     ok[0] = False
     if free_obj.any():
         ok &= np.bincount(holes[free_obj], minlength=k) == 0
@@ -155,9 +155,7 @@ def _closed_bodies(
     # slivers (channels left between the two edges of a thick outline) out, then the facets of
     # one crystal merged across the thin lines between them
     body = np.asarray(
-        cv2.morphologyEx(
-            _lookup(ok.view(np.uint8), np.asarray(holes, np.int32)), cv2.MORPH_OPEN, _SQUARE3
-        ),
+        cv2.morphologyEx(_lookup(ok.view(np.uint8), holes), cv2.MORPH_OPEN, _SQUARE3),
         np.uint8,
     )
     body = np.asarray(cv2.morphologyEx(body, cv2.MORPH_CLOSE, _DISC5), np.uint8)
