@@ -85,7 +85,8 @@ def _with_enclosed(
 Contour = npt.NDArray[np.int32]
 _EPS32 = float(np.finfo(np.float32).eps)
 _DISC5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-_MAX_BORDER_SHARE = 0.25
+_MAX_BORDER_SHARE = 0.25  # of a body's outline next to the border: more is a strip of drop
+_MAX_RIM_ON_BORDER = 0.4  # of an enclosed area's rim on the border: more is a strip, not merged
 _SQUARE3 = np.ones((3, 3), np.uint8)
 
 
@@ -149,7 +150,7 @@ def _closed_bodies(
     # (walls, the border among them, are label 0 in ``holes``)
     on_rim = np.bincount(holes[rim], minlength=k)
     on_border_rim = np.bincount(holes[near_border], minlength=k)
-    ok &= on_border_rim <= 0.4 * np.maximum(on_rim, 1)
+    ok &= on_border_rim <= _MAX_RIM_ON_BORDER * np.maximum(on_rim, 1)
     if not ok.any():
         return []
     # slivers (channels left between the two edges of a thick outline) out, then the facets of

@@ -151,7 +151,8 @@ def analyse(
     # a real imager's frame (square, clipped or no well: a drop meeting the wall, its crust, the
     # lens band inside its meniscus) gets the light-following background and the crystals freed
     # whole from the crust; a round whole well, the renderer's case, keeps the plain path (and
-    # its time: both cost about 2-3 ms a frame); a dark field neither (see below)
+    # its time: both cost about 2-3 ms a frame); a dark field neither (its glow round crystals is
+    # no lens band, and its amplified noise closes loops everywhere)
     real_frame = well_s is None and not pyr.dark_field
     well_c = None
     if well_s is not None:
@@ -196,7 +197,7 @@ def analyse(
     roi_w = pyr.work_roi(wy0, wy1, wx0, wx1)
     rh, rw = roi_w.shape
     bg = background_grid(bg_coef, roi_c.shape, (cx0, cy0, cx1, cy1))
-    if real_frame:  # (a dark field's glow round its crystals is no lens band)
+    if real_frame:
         win_h, win_w = inner_c.shape
         smooth_bg = np.asarray(
             cv2.resize(bg, (win_w, win_h), interpolation=cv2.INTER_LINEAR), dtype=np.float32
@@ -222,7 +223,6 @@ def analyse(
         small_area=4 * min_area_w,
         max_enclosed=_MAX_ENCLOSED * float(maps.n_mask),
         mask=inner_w,
-        # (a dark field's amplified noise closes loops everywhere: no bodies there)
         loop_edge=_LOOP_EDGE if real_frame else 0.0,
         max_body=_MAX_BODY * float(maps.n_mask),
     )
